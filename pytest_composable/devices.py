@@ -1,0 +1,164 @@
+"""Device discovery and device specs.
+
+Discovery finds ``cpu``, ``meta`` and every device of every accelerator type
+the installed torch can see: ``cuda`` (also ROCm builds), ``xpu``, ``mps``,
+``hpu`` and the ``privateuse1`` backend, each through its own
+``device_count()`` (``torch.accelerator`` names the current accelerator where
+the installed torch has it).
+
+CUDA is never initialised here: ``torch.cuda.device_count()`` asks NVML first
+(and only falls back to the CUDA runtime where NVML is missing), so a process
+forked after discovery can still use CUDA, and ``CUDA_VISIBLE_DEVICES`` is
+honoured (``CUDA_VISIBLE_DEVICES=""`` means no CUDA device, even where
+``is_available()`` would say otherwise).
+
+A *device spec* is what a user writes: ``cpu``, ``meta``, ``cuda`` (the
+device this process uses: under pytest-xdist, the worker index modulo the
+number of visible devices of that type, otherwise index 0), ``cuda:1`` (that
+exact device) or ``all`` (every discovered device).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "DeviceSpecError",
+    "default_devices",
+    "discover_devices",
+    "resolve_specs",
+    "worker_index",
+]
+
+_SPEC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?$")
+_HOST_TYPES = ("cpu", "meta")
+
+
+class DeviceSpecError(ValueError):
+    """A device spec that is malformed or names a device this machine lacks."""
+
+
+def _count(device_type: str) -> int:
+    """Devices of one accelerator type, without initialising its runtime."""
+    if device_type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return int(mps is not None and mps.is_available())
+    module = getattr(torch, device_type, None)
+    count = getattr(module, "device_count", None)
+    if not callable(count):
+        return 0
+    try:
+        return int(count())
+    except Exception:
+        # A backend whose driver is missing or broken has no usable device.
+        return 0
+
+
+def _accelerator_types() -> list[str]:
+    types = ["cuda", "xpu", "mps", "hpu"]
+    privateuse1 = torch._C._get_privateuse1_backend_name()
+    if privateuse1 not in types:
+        types.append(privateuse1)
+    accelerator = getattr(torch, "accelerator", None)
+    current = getattr(accelerator, "current_accelerator", None)
+    if callable(current):
+        try:
+            found = current(check_available=False)
+        except TypeError:  # torch 2.6 has no check_available
+            found = current()
+        if found is not None and found.type not in types:
+            types.append(found.type)
+    return types
+
+
+def discover_devices() -> list[torch.device]:
+    """``cpu``, ``meta``, then every device of each accelerator type, in index order."""
+    devices = [torch.device(t) for t in _HOST_TYPES]
+    for device_type in _accelerator_types():
+        devices.extend(torch.device(device_type, i) for i in range(_count(device_type)))
+    return devices
+
+
+def worker_index(environ: os._Environ[str] | dict[str, str] | None = None) -> int:
+    """The pytest-xdist worker number (``gw3`` -> 3), or 0 outside xdist."""
+    env = os.environ if environ is None else environ
+    match = re.fullmatch(r"gw(\d+)", env.get("PYTEST_XDIST_WORKER", ""))
+    return int(match.group(1)) if match else 0
+
+
+def _of_type(available: Sequence[torch.device], device_type: str) -> list[torch.device]:
+    return [d for d in available if d.type == device_type]
+
+
+def _pick(available: Sequence[torch.device], device_type: str, worker: int) -> torch.device:
+    """The device of ``device_type`` this process uses: worker index modulo the visible count."""
+    candidates = _of_type(available, device_type)
+    if device_type in _HOST_TYPES or not candidates:
+        return candidates[0] if candidates else torch.device(device_type)
+    return candidates[worker % len(candidates)]
+
+
+def default_devices(available: Sequence[torch.device], worker: int = 0) -> list[torch.device]:
+    """cpu, meta, and this process's device of each available accelerator type."""
+    types = list(dict.fromkeys(d.type for d in available))
+    return [_pick(available, t, worker) for t in types]
+
+
+def describe(available: Sequence[torch.device]) -> str:
+    """``cpu, meta, cuda:0, cuda:1``: the devices listed in errors and the report header."""
+    return ", ".join(str(d) for d in available)
+
+
+def resolve_specs(
+    specs: Sequence[str], available: Sequence[torch.device], worker: int = 0
+) -> list[torch.device]:
+    """Turn specs into devices of this machine, in order, without duplicates.
+
+    Raises :class:`DeviceSpecError` naming the bad value and listing
+    ``available`` for a spec that is not a device, or one this machine lacks.
+    """
+    if not specs:
+        raise DeviceSpecError(f"no device given; this machine has: {describe(available)}")
+    resolved: list[torch.device] = []
+    for spec in specs:
+        resolved.extend(_resolve_one(spec, available, worker))
+    return list(dict.fromkeys(resolved))
+
+
+def _resolve_one(spec: str, available: Sequence[torch.device], worker: int) -> list[torch.device]:
+    text = spec.strip().lower()
+    if text == "all":
+        return list(available)
+    match = _SPEC.match(text)
+    if match is None:
+        raise DeviceSpecError(
+            f"{spec!r} is not a device spec (expected e.g. cpu, meta, cuda, cuda:1 or all); "
+            f"this machine has: {describe(available)}"
+        )
+    device_type, index = match.group("type"), match.group("index")
+    known = {d.type for d in available}
+    if device_type in _HOST_TYPES and index is not None:
+        raise DeviceSpecError(f"{spec!r}: {device_type} takes no device index; use {device_type!r}")
+    if device_type not in known:
+        try:
+            torch.device(device_type)
+        except RuntimeError:
+            raise DeviceSpecError(
+                f"{spec!r} is not a device type torch knows; this machine has: "
+                f"{describe(available)}"
+            ) from None
+        raise DeviceSpecError(
+            f"{spec!r} is not available on this machine; this machine has: {describe(available)}"
+        )
+    if index is None:
+        return [_pick(available, device_type, worker)]
+    device = torch.device(device_type, int(index))
+    if device not in available:
+        raise DeviceSpecError(
+            f"{spec!r} is not available on this machine; this machine has: {describe(available)}"
+        )
+    return [device]

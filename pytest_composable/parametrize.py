@@ -1,0 +1,141 @@
+"""How tests that use the composable fixtures are parametrized over devices and models.
+
+Only fixtures the plugin itself defines are parametrized: a test that
+parametrizes ``composable_device`` or ``composable_model_spec`` directly, or
+sees a conftest's override of those fixtures, is left alone (the anyio
+pattern), so users keep full control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .marker import MarkerError, MarkerOptions, read_marker
+from .state import ComposableState
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEVICE_FIXTURE", "MODEL_SPEC_FIXTURE", "parametrize"]
+
+DEVICE_FIXTURE = "composable_device"
+MODEL_SPEC_FIXTURE = "composable_model_spec"
+
+
+def _directly_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        argnames = mark.args[0] if mark.args else mark.kwargs.get("argnames", ())
+        if isinstance(argnames, str):
+            argnames = [a.strip() for a in argnames.split(",")]
+        if name in argnames:
+            return True
+    return False
+
+
+def _ours(metafunc: pytest.Metafunc, name: str, fixture: Callable[..., Any]) -> bool:
+    """True when ``name`` resolves to the plugin's own fixture for this test."""
+    if name not in metafunc.fixturenames or _directly_parametrized(metafunc, name):
+        return False
+    defs = metafunc._arg2fixturedefs.get(name)
+    if not defs:
+        return False
+    func = getattr(defs[-1].func, "__wrapped__", defs[-1].func)
+    return func is getattr(fixture, "__wrapped__", fixture)
+
+
+def parametrize(
+    metafunc: pytest.Metafunc,
+    state: ComposableState,
+    device_fixture: Callable[..., Any],
+    model_spec_fixture: Callable[..., Any],
+) -> None:
+    """Parametrize ``metafunc`` over models (first id part) and devices (second)."""
+    wants_models = _ours(metafunc, MODEL_SPEC_FIXTURE, model_spec_fixture)
+    wants_devices = _ours(metafunc, DEVICE_FIXTURE, device_fixture)
+    try:
+        options = read_marker(metafunc.definition)
+        if not (wants_models or wants_devices):
+            return
+        if wants_models:
+            specs = _model_names(options, state)
+            metafunc.parametrize(MODEL_SPEC_FIXTURE, specs, ids=specs, indirect=True)
+        if wants_devices:
+            metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
+    except (MarkerError, pytest.UsageError) as error:
+        pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+
+
+def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:
+    known = state.models
+    if options.models is None:
+        return list(known)
+    unknown = [m for m in options.models if m not in known]
+    if unknown:
+        raise MarkerError(
+            f"composable(models=...) names unknown model(s) {', '.join(unknown)}; "
+            f"known models: {', '.join(known)}"
+        )
+    return list(dict.fromkeys(options.models))
+
+
+def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
+    selected = state.selected
+    if options.devices is None:
+        return [pytest.param(d, id=str(d)) for d in selected]
+    matchers: list[Callable[[torch.device], bool]] = []
+    skipped: list[Any] = []
+    for spec in options.devices:
+        matcher, missing = _marker_device(spec, state.available)
+        if missing:
+            skipped.append(_skip(spec, f"composable: {missing}"))
+        else:
+            matchers.append(matcher)
+    chosen = [pytest.param(d, id=str(d)) for d in selected if any(m(d) for m in matchers)]
+    if not chosen and not skipped:
+        names = ", ".join(options.devices)
+        reason = (
+            f"composable: none of the marker's devices ({names}) is selected; "
+            f"selected: {', '.join(str(d) for d in selected)}"
+        )
+        return [_skip("-".join(options.devices), reason)]
+    return chosen + skipped
+
+
+def _skip(id_: str, reason: str) -> Any:
+    return pytest.param(id_, id=id_, marks=pytest.mark.skip(reason=reason))
+
+
+def _marker_device(
+    spec: str, available: Sequence[torch.device]
+) -> tuple[Callable[[torch.device], bool], str | None]:
+    """A matcher for a marker's device spec, or why the spec is not available here.
+
+    ``cuda`` matches every selected cuda device, ``cuda:1`` only that one and
+    ``all`` every selected device. A spec that is not a device at all raises.
+    """
+    import torch
+
+    from .devices import DeviceSpecError, describe, resolve_specs
+
+    text = spec.strip().lower()
+    if text == "all":
+        return (lambda _d: True), None
+    try:
+        resolve_specs([text], available)
+    except DeviceSpecError as error:
+        try:
+            device = torch.device(text)
+        except RuntimeError:
+            raise MarkerError(f"composable(devices=...): {error}") from None
+        if device.type in ("cpu", "meta") and device.index is not None:
+            raise MarkerError(f"composable(devices=...): {error}") from None
+        return (lambda _d: False), (
+            f"{spec} is not available on this machine; this machine has: {describe(available)}"
+        )
+    device = torch.device(text)
+    if device.index is None:
+        return (lambda d: d.type == device.type), None
+    return (lambda d: d == device), None

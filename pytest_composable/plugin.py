@@ -1,0 +1,199 @@
+"""pytest-composable's pytest plugin: hooks and fixtures (registered as ``composable``).
+
+Disable it with ``-p no:composable``. This module imports no torch: torch is
+imported only when a test uses one of the fixtures below or a device is named
+with ``--composable-device``, ``PYTEST_COMPOSABLE_DEVICE`` or the
+``composable_devices`` ini setting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from . import hookspecs
+from ._options import add_options
+from .marker import MARKER_HELP
+from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, parametrize
+from .state import STATE_KEY, ComposableState, state_of
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from .spec import ModelSpec
+
+INPUT_BATCH = 4
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    state = ComposableState(config)
+    config.stash[STATE_KEY] = state
+    if not state.selection.is_default:
+        # Validate named devices now, before collection, so a bad or missing
+        # device is a usage error even in a suite that never uses a fixture.
+        _ = state.selected
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return state_of(config).header()
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    state = state_of(config)
+    if state.selection.is_default and state.is_resolved():
+        return [f"composable: resolved devices: {', '.join(str(d) for d in state.selected)}"]
+    return []
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize(metafunc, state_of(metafunc.config), composable_device, composable_model_spec)
+
+
+def _param(request: pytest.FixtureRequest) -> Any:
+    return getattr(request, "param", None)
+
+
+@pytest.fixture
+def composable_device(request: pytest.FixtureRequest) -> torch.device:
+    """The ``torch.device`` this test runs on; the test runs once per selected device.
+
+    Selected with ``--composable-device`` > ``PYTEST_COMPOSABLE_DEVICE`` >
+    ini ``composable_devices`` > default (cpu, meta, first device of each
+    accelerator type), narrowed by ``@pytest.mark.composable(devices=[...])``.
+    Test ids are the device's string: ``test_x[cpu]``, ``test_x[cuda:0]``.
+    Override it like any fixture, or parametrize it directly
+    (``@pytest.mark.parametrize("composable_device", ["cpu"], indirect=True)``).
+    """
+    import torch
+
+    param = _param(request)
+    if param is None:
+        return state_of(request.config).selected[0]
+    return torch.device(param)
+
+
+@pytest.fixture
+def composable_seed(request: pytest.FixtureRequest) -> int:
+    """The seed the composable models and inputs are built with.
+
+    ``--composable-seed`` > ini ``composable_seed`` > 0. A model built at seed
+    ``s`` equals the upstream model built on CPU after ``torch.manual_seed(s)``,
+    moved to the test's device.
+    """
+    return state_of(request.config).seed
+
+
+@pytest.fixture
+def composable_model_spec(request: pytest.FixtureRequest) -> ModelSpec:
+    """The ``ModelSpec`` behind ``composable_model``; the test runs once per registered model.
+
+    Registered models are the built-ins plus those returned by
+    ``pytest_composable_models`` hooks, narrowed by
+    ``@pytest.mark.composable(models=[...])``.
+    """
+    models = state_of(request.config).models
+    param = _param(request)
+    if param is None:
+        return next(iter(models.values()))
+    if param not in models:
+        pytest.fail(f"composable: unknown model {param!r}; known: {', '.join(models)}", False)
+    return models[param]
+
+
+def _build(request: pytest.FixtureRequest, spec: ModelSpec, device: torch.device) -> nn.Module:
+    from .registry import build_model
+
+    return build_model(spec, device, state_of(request.config).seed)
+
+
+@pytest.fixture
+def composable_model(
+    request: pytest.FixtureRequest,
+    composable_model_spec: ModelSpec,
+    composable_device: torch.device,
+) -> nn.Module:
+    """A fresh instance of every registered model on every selected device.
+
+    Ids name both: ``test_x[composite_model-cpu]``. Values come from the CPU
+    generator seeded with ``composable_seed`` and are then moved to the device,
+    inside a forked generator: the test's own RNG state, default dtype, default
+    device and grad mode are the same before and after.
+    """
+    return _build(request, composable_model_spec, composable_device)
+
+
+@pytest.fixture
+def composable_input(
+    request: pytest.FixtureRequest,
+    composable_model_spec: ModelSpec,
+    composable_device: torch.device,
+) -> torch.Tensor:
+    """An input batch (4 rows) for ``composable_model`` on its device.
+
+    ``(4, 100)`` for most models, ``(4, 1)`` for ``nested_sequential_model``;
+    same value rule as the models (seeded CPU generator, then moved).
+    """
+    from .registry import build_input
+
+    seed = state_of(request.config).seed
+    return build_input(composable_model_spec, composable_device, seed, INPUT_BATCH)
+
+
+def _builtin_fixture(name: str, doc: str) -> Any:
+    def fixture(request: pytest.FixtureRequest, composable_device: torch.device) -> nn.Module:
+        return _build(request, state_of(request.config).models[name], composable_device)
+
+    fixture.__name__ = name
+    fixture.__doc__ = doc + (
+        " A fresh model per test on ``composable_device`` (the test runs once per "
+        "selected device), built from the CPU generator seeded with ``composable_seed``."
+    )
+    return pytest.fixture(name=name)(fixture)
+
+
+unit_module = _builtin_fixture(
+    "unit_module", "A ``UnitModule`` (l1 -> seq(ReLU, Linear, ReLU) -> l2), input (B, 100)."
+)
+composite_model = _builtin_fixture(
+    "composite_model", "A ``CompositeModel`` (l1 -> u1 -> u2 -> l2), input (B, 100)."
+)
+unit_param_module = _builtin_fixture(
+    "unit_param_module", "A ``UnitParamModule`` (l -> seq, matmul with raw ``p``), input (B, 100)."
+)
+composite_param_model = _builtin_fixture(
+    "composite_param_model",
+    "A ``CompositeParamModel`` (l -> u1 -> u2, matmul with raw ``p``, persistent ``buffer``), "
+    "input (B, 100).",
+)
+nested_sequential_model = _builtin_fixture(
+    "nested_sequential_model",
+    "A ``NestedSequentialModel`` (nested Sequential/FakeSequential for wrap-policy traversal), "
+    "input (B, 1), output (B, 4).",
+)
+
+__all__ = [
+    "DEVICE_FIXTURE",
+    "MODEL_SPEC_FIXTURE",
+    "composable_device",
+    "composable_input",
+    "composable_model",
+    "composable_model_spec",
+    "composable_seed",
+    "composite_model",
+    "composite_param_model",
+    "nested_sequential_model",
+    "unit_module",
+    "unit_param_module",
+]

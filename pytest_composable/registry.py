@@ -1,0 +1,91 @@
+"""The model registry: built-in specs, specs added by hooks, and building them.
+
+``FakeSequential`` is a building block (it takes the modules to run), not a
+model, so it has no spec; :class:`~pytest_composable.models.NestedSequentialModel`
+is the model that exercises it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import models
+from .rng import preserved_global_state, seeded_cpu_rng
+from .spec import ModelSpec
+
+__all__ = ["BUILTIN_MODELS", "RegistryError", "build_input", "build_model", "collect_models"]
+
+
+class RegistryError(ValueError):
+    """A hook returned something that is not a ``ModelSpec``, or a name is used twice."""
+
+
+def _randn_input(features: int) -> Callable[[torch.device, int], torch.Tensor]:
+    def make_input(device: torch.device, batch: int) -> torch.Tensor:
+        return torch.randn(batch, features).to(device)
+
+    return make_input
+
+
+BUILTIN_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("unit_module", models.UnitModule, _randn_input(100)),
+    ModelSpec("composite_model", models.CompositeModel, _randn_input(100)),
+    ModelSpec("unit_param_module", models.UnitParamModule, _randn_input(100)),
+    ModelSpec("composite_param_model", models.CompositeParamModel, _randn_input(100)),
+    ModelSpec("nested_sequential_model", models.NestedSequentialModel, _randn_input(1)),
+)
+
+
+def collect_models(hook_results: Iterable[object]) -> dict[str, ModelSpec]:
+    """Built-ins first, then each hook's specs in hook-call order, keyed by name."""
+    registry = {spec.name: spec for spec in BUILTIN_MODELS}
+    for result in hook_results:
+        if not isinstance(result, (list, tuple)):
+            raise RegistryError(
+                f"pytest_composable_models must return a list of ModelSpec, got {result!r}"
+            )
+        for spec in result:
+            if not isinstance(spec, ModelSpec):
+                raise RegistryError(
+                    f"pytest_composable_models returned {spec!r}, which is not a ModelSpec"
+                )
+            if spec.name in registry:
+                raise RegistryError(
+                    f"model name {spec.name!r} is registered twice; model names must be unique"
+                )
+            registry[spec.name] = spec
+    return registry
+
+
+def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], object]) -> object:
+    """Call ``make`` under the value rule: seeded CPU generator, built on CPU, then moved."""
+    with preserved_global_state(), seeded_cpu_rng(seed):
+        if device.type == "meta":
+            return make(device)
+        return make(torch.device("cpu"))
+
+
+def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
+    """A fresh ``spec`` model on ``device`` whose values come from the CPU generator at ``seed``.
+
+    The test's generator state, default dtype, default device and grad mode
+    are the same afterwards.
+    """
+    model = _on_device(device, seed, spec.build)
+    if not isinstance(model, nn.Module):
+        raise RegistryError(f"model {spec.name!r}: build() returned {model!r}, not an nn.Module")
+    with preserved_global_state():
+        return model.to(device)
+
+
+def build_input(spec: ModelSpec, device: torch.device, seed: int, batch: int) -> torch.Tensor:
+    """An input batch for ``spec`` on ``device``, under the same value rule as the model."""
+    batch_input = _on_device(device, seed, lambda d: spec.make_input(d, batch))
+    if not isinstance(batch_input, torch.Tensor):
+        raise RegistryError(
+            f"model {spec.name!r}: make_input() returned {batch_input!r}, not a Tensor"
+        )
+    return batch_input.to(device)

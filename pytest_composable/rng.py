@@ -1,0 +1,44 @@
+"""Global-state guards: seeded CPU generator and restore of torch's global settings.
+
+Every value a fixture or :func:`~pytest_composable.materialize` creates comes
+from the CPU generator seeded with the seed, so the result is the same on every
+device, and the test's own generator state is untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+__all__ = ["preserved_global_state", "seeded_cpu_rng"]
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Run the block with the global CPU generator seeded to ``seed``, then restore it.
+
+    Only the CPU generator is touched: ``torch.manual_seed`` would also reseed
+    (and initialise) every accelerator's generator.
+    """
+    state = torch.get_rng_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state)
+
+
+@contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Restore the default dtype, default device and grad mode after the block."""
+    dtype = torch.get_default_dtype()
+    device = torch.get_default_device()
+    grad = torch.is_grad_enabled()
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_default_device(device)
+        torch.set_grad_enabled(grad)
