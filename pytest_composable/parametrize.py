@@ -56,16 +56,24 @@ def parametrize(
     wants_models = _ours(metafunc, MODEL_SPEC_FIXTURE, model_spec_fixture)
     wants_devices = _ours(metafunc, DEVICE_FIXTURE, device_fixture)
     try:
-        options = read_marker(metafunc.definition)
-        if not (wants_models or wants_devices):
-            return
-        if wants_models:
-            specs = _model_names(options, state)
-            metafunc.parametrize(MODEL_SPEC_FIXTURE, specs, ids=specs, indirect=True)
-        if wants_devices:
-            metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
+        _apply(metafunc, state, wants_models, wants_devices)
     except (MarkerError, pytest.UsageError) as error:
-        pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+        message = f"{metafunc.definition.nodeid}: {error}"
+    else:
+        return
+    # Outside the except block, so the report shows the message, not a chained traceback.
+    pytest.fail(message, pytrace=False)
+
+
+def _apply(
+    metafunc: pytest.Metafunc, state: ComposableState, wants_models: bool, wants_devices: bool
+) -> None:
+    options = read_marker(metafunc.definition)
+    if wants_models:
+        specs = _model_names(options, state)
+        metafunc.parametrize(MODEL_SPEC_FIXTURE, specs, ids=specs, indirect=True)
+    if wants_devices:
+        metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
 
 
 def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:

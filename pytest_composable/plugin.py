@@ -113,6 +113,7 @@ def composable_model_spec(request: pytest.FixtureRequest) -> ModelSpec:
 
 
 def _build(request: pytest.FixtureRequest, spec: ModelSpec, device: torch.device) -> nn.Module:
+    __tracebackhide__ = True
     from .registry import build_model
 
     return build_model(spec, device, state_of(request.config).seed)
@@ -131,6 +132,7 @@ def composable_model(
     inside a forked generator: the test's own RNG state, default dtype, default
     device and grad mode are the same before and after.
     """
+    __tracebackhide__ = True
     return _build(request, composable_model_spec, composable_device)
 
 
@@ -145,6 +147,7 @@ def composable_input(
     ``(4, 100)`` for most models, ``(4, 1)`` for ``nested_sequential_model``;
     same value rule as the models (seeded CPU generator, then moved).
     """
+    __tracebackhide__ = True
     from .registry import build_input
 
     seed = state_of(request.config).seed
@@ -153,6 +156,7 @@ def composable_input(
 
 def _builtin_fixture(name: str, doc: str) -> Any:
     def fixture(request: pytest.FixtureRequest, composable_device: torch.device) -> nn.Module:
+        __tracebackhide__ = True
         return _build(request, state_of(request.config).models[name], composable_device)
 
     fixture.__name__ = name

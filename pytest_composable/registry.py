@@ -62,6 +62,7 @@ def collect_models(hook_results: Iterable[object]) -> dict[str, ModelSpec]:
 
 def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], object]) -> object:
     """Call ``make`` under the value rule: seeded CPU generator, built on CPU, then moved."""
+    __tracebackhide__ = True  # a user's build() error should point at the user's code
     with preserved_global_state(), seeded_cpu_rng(seed):
         if device.type == "meta":
             return make(device)
@@ -74,6 +75,8 @@ def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
     The test's generator state, default dtype, default device and grad mode
     are the same afterwards.
     """
+    __tracebackhide__ = True
+    device = torch.device(device)
     model = _on_device(device, seed, spec.build)
     if not isinstance(model, nn.Module):
         raise RegistryError(f"model {spec.name!r}: build() returned {model!r}, not an nn.Module")
@@ -83,6 +86,8 @@ def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
 
 def build_input(spec: ModelSpec, device: torch.device, seed: int, batch: int) -> torch.Tensor:
     """An input batch for ``spec`` on ``device``, under the same value rule as the model."""
+    __tracebackhide__ = True
+    device = torch.device(device)
     batch_input = _on_device(device, seed, lambda d: spec.make_input(d, batch))
     if not isinstance(batch_input, torch.Tensor):
         raise RegistryError(

@@ -88,8 +88,8 @@ class ComposableState:
         else:
             devices = ", ".join(self.selection.specs)
         return [
-            f"composable: torch {torch_version}, devices: {devices} "
-            f"(from {self.selection.source}), seed: {self.seed}"
+            f"composable: torch {torch_version}, devices ({self.selection.source}): {devices}, "
+            f"seed: {self.seed}"
         ]
 
 

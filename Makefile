@@ -1,0 +1,41 @@
+# Set-up is implicit: every target below first builds .venv (torch 2.13.0 CPU wheel
+# first, so pip never resolves torch to a multi-GB CUDA build, then this package
+# editable with its dev extras).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: examples test lint wheel-check benchmarks clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+examples: $(STAMP)  ## the main job: the example suite
+	$(PY) -m pytest examples
+
+test: $(STAMP)  ## the test suite (pytester runs, two xdist workers)
+	$(PY) -m pytest -n 2 tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+wheel-check: $(STAMP)  ## build the wheel, install it instead of the editable copy, rerun the examples
+	rm -rf dist
+	$(PY) -m pip wheel -q --no-deps -w dist .
+	$(PY) -m pip install -q --force-reinstall --no-deps dist/*.whl
+	cd examples && ../$(PY) -c "import pytest_composable, pathlib; assert 'site-packages' in pytest_composable.__file__; assert (pathlib.Path(pytest_composable.__file__).parent / 'py.typed').exists()"
+	cd /tmp && $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --rootdir=$(CURDIR)/examples $(CURDIR)/examples -q
+	$(PY) -m pip install -q --no-deps -e .
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info
