@@ -80,25 +80,19 @@ def read_selection(config: pytest.Config) -> DeviceSelection:
     """Device specs by precedence: CLI > environment > ini > default.
 
     A source that is present but empty (``--composable-device=""``,
-    ``PYTEST_COMPOSABLE_DEVICE=","``) is a usage error rather than a silent
-    fall-through to the next source.
+    ``PYTEST_COMPOSABLE_DEVICE=","``) is kept, and so becomes a usage error
+    when resolved, rather than a silent fall-through to the next source.
     """
     cli: list[str] | None = config.getoption("composable_device")
     if cli is not None:
-        return _nonempty(_split(cli), "--composable-device")
+        return DeviceSelection(_split(cli), "--composable-device")
     env = os.environ.get(DEVICE_ENV)
     if env is not None:
-        return _nonempty(_split([env]), DEVICE_ENV)
+        return DeviceSelection(_split([env]), DEVICE_ENV)
     ini: list[str] = config.getini("composable_devices")
     if ini:
-        return _nonempty(_split(ini), "composable_devices ini")
+        return DeviceSelection(_split(ini), "composable_devices ini")
     return DeviceSelection((), "default")
-
-
-def _nonempty(specs: tuple[str, ...], source: str) -> DeviceSelection:
-    if not specs:
-        raise pytest.UsageError(f"composable: {source} names no device")
-    return DeviceSelection(specs, source)
 
 
 def read_seed(config: pytest.Config) -> int:

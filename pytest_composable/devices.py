@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 
 __all__ = [
     "DeviceSpecError",
+    "Selected",
     "default_devices",
     "discover_devices",
     "resolve_specs",
@@ -83,28 +85,36 @@ def discover_devices() -> list[torch.device]:
     return devices
 
 
-def worker_index(environ: os._Environ[str] | dict[str, str] | None = None) -> int:
-    """The pytest-xdist worker number (``gw3`` -> 3), or 0 outside xdist."""
+def worker_index(environ: Mapping[str, str] | None = None) -> int | None:
+    """The pytest-xdist worker number (``gw3`` -> 3), or ``None`` outside xdist."""
     env = os.environ if environ is None else environ
     match = re.fullmatch(r"gw(\d+)", env.get("PYTEST_XDIST_WORKER", ""))
-    return int(match.group(1)) if match else 0
+    return int(match.group(1)) if match else None
 
 
-def _of_type(available: Sequence[torch.device], device_type: str) -> list[torch.device]:
-    return [d for d in available if d.type == device_type]
+class Selected(NamedTuple):
+    """A selected device and its test-id part."""
+
+    device: torch.device
+    id: str
 
 
-def _pick(available: Sequence[torch.device], device_type: str, worker: int) -> torch.device:
-    """The device of ``device_type`` this process uses: worker index modulo the visible count."""
-    candidates = _of_type(available, device_type)
-    if device_type in _HOST_TYPES or not candidates:
-        return candidates[0] if candidates else torch.device(device_type)
-    return candidates[worker % len(candidates)]
+def _pick(available: Sequence[torch.device], device_type: str, worker: int | None) -> Selected:
+    """This process's device of ``device_type``: the worker index modulo the visible count.
+
+    Under xdist every worker must collect the same test ids, so a device picked
+    by worker index is named by its type alone (``test_x[cuda]``); outside
+    xdist it is the device itself (``test_x[cuda:0]``).
+    """
+    candidates = [d for d in available if d.type == device_type]
+    device = candidates[(worker or 0) % len(candidates)]
+    named_by_type = worker is not None and device_type not in _HOST_TYPES
+    return Selected(device, device_type if named_by_type else str(device))
 
 
-def default_devices(available: Sequence[torch.device], worker: int = 0) -> list[torch.device]:
+def default_devices(available: Sequence[torch.device], worker: int | None = None) -> list[Selected]:
     """cpu, meta, and this process's device of each available accelerator type."""
-    types = list(dict.fromkeys(d.type for d in available))
+    types = dict.fromkeys(d.type for d in available)
     return [_pick(available, t, worker) for t in types]
 
 
@@ -114,51 +124,48 @@ def describe(available: Sequence[torch.device]) -> str:
 
 
 def resolve_specs(
-    specs: Sequence[str], available: Sequence[torch.device], worker: int = 0
-) -> list[torch.device]:
-    """Turn specs into devices of this machine, in order, without duplicates.
+    specs: Sequence[str], available: Sequence[torch.device], worker: int | None = None
+) -> list[Selected]:
+    """Turn specs into devices of this machine, in order, without duplicate devices.
 
     Raises :class:`DeviceSpecError` naming the bad value and listing
     ``available`` for a spec that is not a device, or one this machine lacks.
     """
     if not specs:
         raise DeviceSpecError(f"no device given; this machine has: {describe(available)}")
-    resolved: list[torch.device] = []
+    resolved: dict[torch.device, Selected] = {}
     for spec in specs:
-        resolved.extend(_resolve_one(spec, available, worker))
-    return list(dict.fromkeys(resolved))
+        for selected in _resolve_one(spec, available, worker):
+            resolved.setdefault(selected.device, selected)
+    return list(resolved.values())
 
 
-def _resolve_one(spec: str, available: Sequence[torch.device], worker: int) -> list[torch.device]:
+def _resolve_one(
+    spec: str, available: Sequence[torch.device], worker: int | None
+) -> list[Selected]:
     text = spec.strip().lower()
     if text == "all":
-        return list(available)
+        return [Selected(d, str(d)) for d in available]
     match = _SPEC.match(text)
+    has = f"this machine has: {describe(available)}"
     if match is None:
         raise DeviceSpecError(
-            f"{spec!r} is not a device spec (expected e.g. cpu, meta, cuda, cuda:1 or all); "
-            f"this machine has: {describe(available)}"
+            f"{spec!r} is not a device spec (expected e.g. cpu, meta, cuda, cuda:1 or all); {has}"
         )
     device_type, index = match.group("type"), match.group("index")
-    known = {d.type for d in available}
     if device_type in _HOST_TYPES and index is not None:
-        raise DeviceSpecError(f"{spec!r}: {device_type} takes no device index; use {device_type!r}")
-    if device_type not in known:
+        raise DeviceSpecError(
+            f"{spec!r}: {device_type} takes no device index, use {device_type!r}; {has}"
+        )
+    if device_type not in {d.type for d in available}:
         try:
             torch.device(device_type)
         except RuntimeError:
-            raise DeviceSpecError(
-                f"{spec!r} is not a device type torch knows; this machine has: "
-                f"{describe(available)}"
-            ) from None
-        raise DeviceSpecError(
-            f"{spec!r} is not available on this machine; this machine has: {describe(available)}"
-        )
+            raise DeviceSpecError(f"{spec!r} is not a device type torch knows; {has}") from None
+        raise DeviceSpecError(f"{spec!r} is not available on this machine; {has}")
     if index is None:
         return [_pick(available, device_type, worker)]
     device = torch.device(device_type, int(index))
     if device not in available:
-        raise DeviceSpecError(
-            f"{spec!r} is not available on this machine; this machine has: {describe(available)}"
-        )
-    return [device]
+        raise DeviceSpecError(f"{spec!r} is not available on this machine; {has}")
+    return [Selected(device, str(device))]

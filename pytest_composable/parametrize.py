@@ -69,9 +69,12 @@ def _apply(
     metafunc: pytest.Metafunc, state: ComposableState, wants_models: bool, wants_devices: bool
 ) -> None:
     options = read_marker(metafunc.definition)
+    if options.models is not None or wants_models or wants_devices:
+        # Resolving the registry here turns a bad hook or an unknown marker model
+        # into one clean collection error instead of a traceback per test.
+        names = _model_names(options, state)
     if wants_models:
-        specs = _model_names(options, state)
-        metafunc.parametrize(MODEL_SPEC_FIXTURE, specs, ids=specs, indirect=True)
+        metafunc.parametrize(MODEL_SPEC_FIXTURE, names, ids=names, indirect=True)
     if wants_devices:
         metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
 
@@ -90,9 +93,9 @@ def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:
 
 
 def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
-    selected = state.selected
+    selected = state.selection_ids
     if options.devices is None:
-        return [pytest.param(d, id=str(d)) for d in selected]
+        return [pytest.param(s.device, id=s.id) for s in selected]
     matchers: list[Callable[[torch.device], bool]] = []
     skipped: list[Any] = []
     for spec in options.devices:
@@ -101,12 +104,14 @@ def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
             skipped.append(_skip(spec, f"composable: {missing}"))
         else:
             matchers.append(matcher)
-    chosen = [pytest.param(d, id=str(d)) for d in selected if any(m(d) for m in matchers)]
+    chosen = [
+        pytest.param(s.device, id=s.id) for s in selected if any(m(s.device) for m in matchers)
+    ]
     if not chosen and not skipped:
         names = ", ".join(options.devices)
         reason = (
             f"composable: none of the marker's devices ({names}) is selected; "
-            f"selected: {', '.join(str(d) for d in selected)}"
+            f"selected: {', '.join(s.id for s in selected)}"
         )
         return [_skip("-".join(options.devices), reason)]
     return chosen + skipped

@@ -64,6 +64,9 @@ def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], o
     """Call ``make`` under the value rule: seeded CPU generator, built on CPU, then moved."""
     __tracebackhide__ = True  # a user's build() error should point at the user's code
     with preserved_global_state(), seeded_cpu_rng(seed):
+        # Tensors made without an explicit device must follow the value rule
+        # (CPU generator), whatever default device the test has set.
+        torch.set_default_device(None)
         if device.type == "meta":
             return make(device)
         return make(torch.device("cpu"))

@@ -16,6 +16,7 @@ from ._options import DeviceSelection, read_seed, read_selection
 if TYPE_CHECKING:
     import torch
 
+    from .devices import Selected
     from .spec import ModelSpec
 
 __all__ = ["ComposableState", "state_of"]
@@ -49,8 +50,8 @@ class ComposableState:
         return list(dict.fromkeys(normalised))
 
     @cached_property
-    def selected(self) -> list[torch.device]:
-        """The devices the fixtures run on, in order (usage error for a bad spec)."""
+    def selection_ids(self) -> list[Selected]:
+        """The devices the fixtures run on with their test ids (usage error for a bad spec)."""
         from .devices import DeviceSpecError, default_devices, resolve_specs, worker_index
 
         if self.selection.is_default:
@@ -59,6 +60,11 @@ class ComposableState:
             return resolve_specs(self.selection.specs, self.available, worker_index())
         except DeviceSpecError as error:
             raise pytest.UsageError(f"composable: {self.selection.source}: {error}") from None
+
+    @property
+    def selected(self) -> list[torch.device]:
+        """The devices the fixtures run on, in order."""
+        return [s.device for s in self.selection_ids]
 
     @cached_property
     def models(self) -> dict[str, ModelSpec]:
@@ -71,7 +77,7 @@ class ComposableState:
             raise pytest.UsageError(f"composable: {error}") from None
 
     def is_resolved(self) -> bool:
-        return "selected" in self.__dict__
+        return "selection_ids" in self.__dict__
 
     def header(self) -> list[str]:
         """Lines for ``pytest_report_header``; torch's version comes from package metadata."""

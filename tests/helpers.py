@@ -1,0 +1,84 @@
+"""Helpers for reading the pytest runs that the tests drive with ``pytester``.
+
+Most tests run pytest in a temporary directory (``-p pytester`` comes from
+``addopts`` in ``pyproject.toml``) and check its exit code and output.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
+
+# Variables that would change what the plugin selects in a pytester run: the
+# device variable itself and pytest-xdist's worker variables, which are set in
+# this very process when the suite runs under ``-n``.
+ISOLATED_ENV = (
+    DEVICE_ENV,
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+)
+
+# The built-in models: fixture name, class name in ``models``, input features.
+BUILTIN_MODELS = (
+    ("unit_module", "UnitModule", 100),
+    ("composite_model", "CompositeModel", 100),
+    ("unit_param_module", "UnitParamModule", 100),
+    ("composite_param_model", "CompositeParamModel", 100),
+    ("nested_sequential_model", "NestedSequentialModel", 1),
+)
+BUILTIN_NAMES = tuple(name for name, _, _ in BUILTIN_MODELS)
+
+PLAIN_TEST = "def test_a():\n    pass\n"
+DEVICE_TEST = "def test_x(composable_device):\n    pass\n"
+
+# A line of ``pytest -v`` output: ``test_a.py::test_x[cpu] PASSED  [ 50%]``.
+_VERBOSE_LINE = re.compile(r"^(?P<nodeid>\S+::\S+) (?P<outcome>[A-Z]+)\b")
+# A frame (or path) inside the installed plugin package.
+_PLUGIN_FRAME = re.compile(r"pytest_composable[/\\]\w+\.py")
+
+
+def collected_ids(result: pytest.RunResult) -> list[str]:
+    """The node ids a ``--collect-only -q`` run listed, in order."""
+    return [line.strip() for line in result.outlines if "::" in line and " " not in line.strip()]
+
+
+def verbose_outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """``{node id: outcome}`` from the lines of a ``-v`` run."""
+    outcomes: dict[str, str] = {}
+    for line in result.outlines:
+        match = _VERBOSE_LINE.match(line)
+        if match:
+            outcomes[match["nodeid"]] = match["outcome"]
+    return outcomes
+
+
+def output_of(result: pytest.RunResult) -> str:
+    return result.stdout.str() + "\n" + result.stderr.str()
+
+
+def assert_no_plugin_frames(result: pytest.RunResult) -> None:
+    """No traceback, and no frame or path from inside ``pytest_composable``, in the output."""
+    text = output_of(result)
+    assert "Traceback" not in text, text
+    assert not _PLUGIN_FRAME.search(text), text
+
+
+def assert_usage_error(result: pytest.RunResult, *stderr_patterns: str) -> None:
+    """Exit code 4, ``stderr_patterns`` on stderr, no plugin frames, no test collected or run."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output_of(result)
+    result.stderr.fnmatch_lines(list(stderr_patterns))
+    assert_no_plugin_frames(result)
+    assert "collected" not in result.stdout.str()
+    assert "passed" not in result.stdout.str()
+
+
+def assert_clear_error(result: pytest.RunResult, *stdout_patterns: str) -> None:
+    """A failed run that ran no test, shows ``stdout_patterns`` and no plugin frames."""
+    assert result.ret not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
+    result.stdout.fnmatch_lines(list(stdout_patterns))
+    assert result.parseoutcomes().get("passed", 0) == 0
+    assert_no_plugin_frames(result)

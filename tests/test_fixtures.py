@@ -1,0 +1,205 @@
+"""The fixtures, run for real in pytester sessions on this machine's cpu and meta devices."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import BUILTIN_MODELS, BUILTIN_NAMES, verbose_outcomes
+
+# Test-module code shared by the runs below: upstream's model built on CPU after
+# ``torch.manual_seed(seed)``, and a check that a fixture model equals it.
+CHECKS = f"""
+import pytest
+import torch
+import torch.testing._internal.common_dist_composable as upstream
+from pytest_composable import models
+
+BUILTIN = {BUILTIN_MODELS!r}
+"""
+CHECKS += """
+CLASSES = {name: cls for name, cls, _ in BUILTIN}
+FEATURES = {name: features for name, _, features in BUILTIN}
+
+
+def upstream_model(name, seed):
+    torch.manual_seed(seed)
+    return getattr(upstream, CLASSES[name])(torch.device("cpu"))
+
+
+def assert_equals_upstream(model, name, seed, device):
+    assert type(model) is getattr(models, CLASSES[name])
+    state = model.state_dict()
+    tensors = [*model.parameters(), *model.buffers()]
+    assert tensors and all(t.device == device for t in tensors)
+    expected = upstream_model(name, seed).state_dict()
+    assert list(state) == list(expected)
+    if device.type == "meta":
+        return
+    for key, value in expected.items():
+        assert torch.equal(state[key].cpu(), value), key
+"""
+
+
+def test_device_and_model_fixtures(pytester: pytest.Pytester) -> None:
+    per_model = "".join(
+        f"def test_{name}({name}, composable_device, composable_seed):\n"
+        f"    assert_equals_upstream({name}, {name!r}, composable_seed, composable_device)\n\n"
+        for name in BUILTIN_NAMES
+    )
+    pytester.makepyfile(
+        test_fixtures=CHECKS
+        + per_model
+        + """
+def test_device(composable_device, request):
+    assert isinstance(composable_device, torch.device)
+    assert request.node.name == f"test_device[{composable_device}]"
+
+
+def test_seed_default(composable_seed):
+    assert composable_seed == 0
+
+
+def test_model(composable_model, composable_input, composable_model_spec, composable_device,
+               composable_seed, request):
+    name = composable_model_spec.name
+    assert request.node.name == f"test_model[{name}-{composable_device}]"
+    assert_equals_upstream(composable_model, name, composable_seed, composable_device)
+    assert composable_input.shape == (4, FEATURES[name])
+    assert composable_input.device == composable_device
+    out = composable_model(composable_input)
+    assert out.shape == (4, 4 if name == "nested_sequential_model" else 100)
+    assert out.device == composable_device
+    if composable_device.type == "cpu":
+        torch.manual_seed(composable_seed)
+        expected = torch.randn(4, FEATURES[name])
+        assert torch.equal(composable_input, expected)
+        torch.manual_seed(composable_seed)
+        reference = getattr(models, CLASSES[name])("cpu")  # equals upstream's (test_models.py)
+        assert torch.equal(out, reference(expected))
+
+
+@pytest.mark.parametrize("fixture", ["composable_model", "composable_input"])
+def test_fixtures_leave_global_state_alone(fixture, composable_model_spec, composable_device,
+                                          request):
+    torch.manual_seed(1234)
+    rng = torch.get_rng_state()
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            request.getfixturevalue(fixture)
+            assert not torch.is_grad_enabled()
+        assert torch.is_grad_enabled()
+        assert torch.get_default_dtype() == torch.float64
+        assert torch.get_default_device() == torch.device("cpu")
+        assert torch.equal(torch.get_rng_state(), rng)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+"""
+    )
+    result = pytester.runpytest_subprocess("-v")
+    outcomes = verbose_outcomes(result)
+    devices = ("cpu", "meta")
+    expected = [f"test_{name}[{d}]" for name in BUILTIN_NAMES for d in devices]
+    expected += [f"test_device[{d}]" for d in devices] + ["test_seed_default"]
+    expected += [f"test_model[{name}-{d}]" for name in BUILTIN_NAMES for d in devices]
+    expected += [
+        f"test_fixtures_leave_global_state_alone[{name}-{d}-{fixture}]"
+        for fixture in ("composable_model", "composable_input")
+        for name in BUILTIN_NAMES
+        for d in devices
+    ]
+    assert sorted(outcomes) == sorted(f"test_fixtures.py::{test}" for test in expected)
+    assert set(outcomes.values()) == {"PASSED"}, result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "seed"),
+    [
+        (["--composable-seed", "3"], None, 3),
+        ([], "3", 3),
+        (["--composable-seed=5"], "3", 5),
+    ],
+    ids=["cli", "ini", "cli-over-ini"],
+)
+def test_seed(pytester: pytest.Pytester, args: list[str], ini: str | None, seed: int) -> None:
+    if ini is not None:
+        pytester.makeini(f"[pytest]\ncomposable_seed = {ini}\n")
+    pytester.makepyfile(
+        test_seed=CHECKS
+        + f"""
+def test_seed(composable_seed, composite_param_model, composable_device):
+    assert composable_seed == {seed}
+    assert_equals_upstream(composite_param_model, "composite_param_model", {seed},
+                           composable_device)
+    torch.manual_seed({seed} + 1)
+    other = getattr(upstream, "CompositeParamModel")(torch.device("cpu"))
+    if composable_device.type == "cpu":
+        assert not torch.equal(composite_param_model.p, other.p)
+"""
+    )
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"composable: *seed: {seed}*"])
+
+
+def test_user_overrides_and_direct_parametrization(pytester: pytest.Pytester) -> None:
+    """A conftest's ``composable_device`` wins; direct indirect parametrization is not doubled."""
+    override = pytester.mkpydir("override")
+    (override / "conftest.py").write_text(
+        "import pytest, torch\n\n"
+        "@pytest.fixture\n"
+        "def composable_device():\n"
+        "    return torch.device('meta')\n"
+    )
+    (override / "test_override.py").write_text(
+        "def test_override(composable_device, unit_module):\n"
+        "    assert composable_device.type == 'meta'\n"
+        "    assert all(p.is_meta for p in unit_module.parameters())\n"
+    )
+    pytester.makepyfile(
+        test_direct="""
+import pytest
+import torch
+
+@pytest.mark.parametrize("composable_device", ["cpu"], indirect=True)
+def test_direct(composable_device, unit_module):
+    assert composable_device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in unit_module.parameters())
+
+@pytest.mark.parametrize("composable_device", ["meta", "cpu"], indirect=True)
+@pytest.mark.parametrize("composable_model_spec", ["unit_module"], indirect=True)
+def test_direct_model(composable_model_spec, composable_device, composable_model):
+    assert composable_model_spec.name == "unit_module"
+    assert next(composable_model.parameters()).device == composable_device
+"""
+    )
+    result = pytester.runpytest_subprocess("-v")
+    assert verbose_outcomes(result) == {
+        "override/test_override.py::test_override": "PASSED",
+        "test_direct.py::test_direct[cpu]": "PASSED",
+        "test_direct.py::test_direct_model[unit_module-meta]": "PASSED",
+        "test_direct.py::test_direct_model[unit_module-cpu]": "PASSED",
+    }
+
+
+def test_fixtures_ignore_the_tests_default_device(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_default_device=CHECKS
+        + """
+def test_model(composable_model_spec, composable_seed, request):
+    torch.set_default_device("meta")
+    try:
+        model = request.getfixturevalue("composable_model")
+        batch = request.getfixturevalue("composable_input")
+        assert torch.get_default_device() == torch.device("meta")
+    finally:
+        torch.set_default_device(None)
+    name = composable_model_spec.name
+    assert_equals_upstream(model, name, composable_seed, torch.device("cpu"))
+    torch.manual_seed(composable_seed)
+    assert torch.equal(batch, torch.randn(4, FEATURES[name]))
+"""
+    )
+    result = pytester.runpytest_subprocess("--composable-device=cpu")
+    result.assert_outcomes(passed=5)

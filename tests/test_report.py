@@ -1,0 +1,170 @@
+"""Report header, lazy torch import, ``-p no:composable``, and the help listings."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import pytest
+
+from tests.helpers import BUILTIN_NAMES, DEVICE_TEST, PLAIN_TEST, verbose_outcomes
+
+TORCH_VERSION = version("torch")
+
+# A conftest (torch-free itself) that records, at the very end of the session,
+# whether anything imported torch.
+RECORD_TORCH = """
+import sys
+
+def pytest_unconfigure(config):
+    with open("torch_imported.txt", "w") as f:
+        f.write(str("torch" in sys.modules))
+"""
+
+# A suite that uses pytest features but none of the plugin's.
+UNRELATED_TESTS = """
+import pytest
+
+@pytest.fixture
+def value():
+    return 1
+
+@pytest.mark.parametrize("x", [1, 2])
+def test_param(x, value, tmp_path):
+    assert x >= value
+
+def test_plain():
+    pass
+"""
+
+
+def torch_imported(pytester: pytest.Pytester) -> bool:
+    recorded = (pytester.path / "torch_imported.txt").read_text()
+    assert recorded in ("True", "False")
+    return recorded == "True"
+
+
+def header(devices_and_seed: str) -> str:
+    return f"composable: torch {TORCH_VERSION}, *{devices_and_seed}*"
+
+
+@pytest.mark.parametrize(
+    ("tests", "args", "lines", "imported"),
+    [
+        (UNRELATED_TESTS, [], [header("devices*default*seed: 0")], False),
+        (
+            PLAIN_TEST,
+            ["--composable-device", "meta", "--composable-seed", "3"],
+            [header("meta*seed: 3")],
+            True,
+        ),
+        (
+            DEVICE_TEST,
+            [],
+            [
+                header("cpu, meta*seed: 0"),
+                "collected 2 items",
+                "composable: resolved devices: cpu, meta",
+            ],
+            True,
+        ),
+    ],
+    ids=["no-plugin-use", "device-named", "fixture-used"],
+)
+def test_header_and_lazy_torch(
+    pytester: pytest.Pytester, tests: str, args: list[str], lines: list[str], imported: bool
+) -> None:
+    pytester.makeconftest(RECORD_TORCH)
+    pytester.makepyfile(test_x=tests)
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(lines)
+    assert torch_imported(pytester) is imported
+
+
+def test_no_composable_disables_the_plugin(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(RECORD_TORCH)
+    pytester.makepyfile(test_x=DEVICE_TEST + PLAIN_TEST)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:composable")
+    assert verbose_outcomes(result) == {
+        "test_x.py::test_x": "ERROR",
+        "test_x.py::test_a": "PASSED",
+    }
+    result.stdout.fnmatch_lines(["*fixture 'composable_device' not found*"])
+    result.stdout.no_fnmatch_line("composable: torch*")
+    assert not torch_imported(pytester)
+
+
+FIXTURES = (
+    "composable_device",
+    "composable_seed",
+    "composable_model_spec",
+    "composable_model",
+    "composable_input",
+    *BUILTIN_NAMES,
+)
+
+
+def test_fixtures_listing_has_every_docstring(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(RECORD_TORCH)
+    result = pytester.runpytest_subprocess("--fixtures")
+    assert result.ret == pytest.ExitCode.OK
+    lines = result.outlines
+    start = next(i for i, line in enumerate(lines) if "from pytest_composable.plugin" in line)
+    for name in FIXTURES:
+        row = next(i for i, line in enumerate(lines) if line.startswith(f"{name} -- "))
+        assert row > start
+        doc = lines[row + 1]
+        assert doc.startswith("    ")
+        assert len(doc.strip()) > 20
+        assert "no docstring available" not in doc
+    result.stdout.fnmatch_lines(
+        [
+            "composable_device -- *",
+            "    The ``torch.device`` this test runs on*",
+        ]
+    )
+    assert not torch_imported(pytester)
+
+
+def help_sections(lines: list[str]) -> dict[str, list[str]]:
+    """``pytest --help`` split at its unindented ``title:`` lines."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in lines:
+        if line.endswith(":") and not line.startswith(" "):
+            current = sections.setdefault(line, [])
+        else:
+            current.append(line)
+    return sections
+
+
+def test_help_lists_the_options_in_their_group(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    assert result.ret == pytest.ExitCode.OK
+    groups = [
+        body
+        for title, body in help_sections(result.outlines).items()
+        if title.startswith("composable")  # titled by whichever module adds to it first
+    ]
+    assert len(groups) == 1
+    group = "\n".join(groups[0])
+    for option, text in [
+        ("--composable-device=SPEC", "Device(s) the composable fixtures run on"),
+        ("--composable-seed=N", "Seed the composable models and inputs"),
+    ]:
+        assert f"  {option}" in group
+        assert text in group
+    result.stdout.fnmatch_lines(
+        [
+            "  composable_devices (args):",
+            "*Devices the composable fixtures run on*",
+            "  composable_seed (string):",
+            "*Seed for the composable models*",
+        ]
+    )
+
+
+def test_markers_lists_composable(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("--markers", "--strict-markers")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["@pytest.mark.composable(devices=[[]...[]], models=[[]...[]]*"])

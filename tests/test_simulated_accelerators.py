@@ -1,0 +1,171 @@
+"""Selection on a machine with GPUs, simulated: this machine has none.
+
+Each pytester run here gets a ``conftest.py`` that patches
+``pytest_composable.devices._count`` inside the pytest subprocess so that
+``cuda`` reports N devices; everything else is real. Tests in these runs use
+only ``composable_device`` (a ``torch.device`` object, which needs no CUDA), never
+a model on cuda. (``tests/test_hooks.py`` likewise adds ``xpu`` devices through
+the ``pytest_composable_devices`` hook.)
+
+Behaviours checked here only with simulated accelerators:
+
+- the default selection adds the first device of an accelerator type (``cuda:0``);
+- ``all`` lists every device of every type (``cpu, meta, cuda:0, cuda:1``);
+- ``--composable-device cuda:1`` selects that exact device, and ids read ``test_x[cuda:1]``;
+- a missing index (``cuda:3`` with 2 GPUs) is a usage error listing ``cuda:0, cuda:1``;
+- under pytest-xdist a bare ``cuda`` (and the default) picks the worker index modulo
+  the GPU count (``PYTEST_XDIST_WORKER=gw3`` with 2 GPUs -> ``cuda:1``), checked
+  with the worker variable set by hand and in a real ``-n 2`` run;
+- the marker's ``devices=["cuda"]`` / ``["cuda:1"]`` matching against a cuda selection;
+- devices added by ``pytest_composable_devices`` (``xpu:0``, ``xpu:1``) joining the
+  default and validation (``tests/test_hooks.py``).
+
+Not covered anywhere on this machine: building or materializing a model on a real
+accelerator, ``CUDA_VISIBLE_DEVICES``, and the fixtures' state restore on an
+accelerator.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import (
+    DEVICE_TEST,
+    PLAIN_TEST,
+    assert_usage_error,
+    collected_ids,
+    verbose_outcomes,
+)
+
+# Each test records the device it was given, so the value (not only the id) is checked.
+RECORDING_TEST = """
+import os
+import torch
+
+def test_x(composable_device, request):
+    assert isinstance(composable_device, torch.device)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "none")
+    with open(f"seen-{request.node.callspec.id.replace(':', '_')}-{worker}.txt", "w") as f:
+        f.write(str(composable_device))
+"""
+
+
+def simulate_cuda(pytester: pytest.Pytester, count: int) -> None:
+    pytester.makeconftest(
+        f"""
+import pytest_composable.devices as devices
+
+_real_count = devices._count
+
+def _simulated_count(device_type):
+    return {count} if device_type == "cuda" else _real_count(device_type)
+
+devices._count = _simulated_count
+"""
+    )
+
+
+def seen_devices(pytester: pytest.Pytester) -> dict[str, str]:
+    """``{file stem: device}`` written by ``RECORDING_TEST``."""
+    return {p.stem: p.read_text() for p in pytester.path.glob("seen-*.txt")}
+
+
+@pytest.mark.parametrize(
+    ("args", "devices"),
+    [
+        ([], ["cpu", "meta", "cuda:0"]),
+        (["--composable-device=all"], ["cpu", "meta", "cuda:0", "cuda:1"]),
+        (["--composable-device", "cuda:1"], ["cuda:1"]),
+    ],
+    ids=["default", "all", "cuda:1"],
+)
+def test_selection_with_two_gpus(
+    pytester: pytest.Pytester, args: list[str], devices: list[str]
+) -> None:
+    simulate_cuda(pytester, 2)
+    pytester.makepyfile(test_x=DEVICE_TEST)
+    result = pytester.runpytest_subprocess("--collect-only", "-q", *args)
+    assert collected_ids(result) == [f"test_x.py::test_x[{d}]" for d in devices]
+
+
+@pytest.mark.parametrize(
+    ("worker", "gpus", "args", "expected"),
+    [
+        # Under xdist a worker-picked device is named by its type, so that every
+        # worker collects the same ids; the fixture value is the worker's device.
+        ("gw3", 2, [], {"cpu": "cpu", "meta": "meta", "cuda": "cuda:1"}),
+        ("gw2", 4, ["--composable-device=cuda"], {"cuda": "cuda:2"}),
+    ],
+    ids=["default-gw3-of-2", "cuda-gw2-of-4"],
+)
+def test_xdist_worker_picks_its_gpu(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    worker: str,
+    gpus: int,
+    args: list[str],
+    expected: dict[str, str],
+) -> None:
+    """The worker variable set by hand, as pytest-xdist sets it in its workers."""
+    simulate_cuda(pytester, gpus)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+    pytester.makepyfile(test_x=RECORDING_TEST)
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=len(expected))
+    assert seen_devices(pytester) == {
+        f"seen-{test_id.replace(':', '_')}-{worker}": device for test_id, device in expected.items()
+    }
+
+
+def test_real_xdist_run_spreads_workers_over_gpus(pytester: pytest.Pytester) -> None:
+    """The default selection (the same holds for ``--composable-device=cuda``)."""
+    simulate_cuda(pytester, 2)
+    pytester.makepyfile(
+        test_x=RECORDING_TEST,
+        test_y=RECORDING_TEST,
+        test_z=RECORDING_TEST,
+        test_w=RECORDING_TEST,
+    )
+    result = pytester.runpytest_subprocess("-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    cuda = {stem: device for stem, device in seen_devices(pytester).items() if "cuda" in device}
+    assert cuda
+    workers = {stem.rsplit("-", 1)[1] for stem in cuda}
+    assert workers == {"gw0", "gw1"}
+    for stem, device in cuda.items():
+        assert device == f"cuda:{int(stem.rsplit('-gw', 1)[1]) % 2}"
+
+
+def test_missing_gpu_index_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    simulate_cuda(pytester, 2)
+    pytester.makepyfile(test_plain=PLAIN_TEST)
+    result = pytester.runpytest_subprocess("--composable-device=cuda:3")
+    assert_usage_error(
+        result,
+        "ERROR: composable: --composable-device: 'cuda:3' is not available on this machine; "
+        "this machine has: cpu, meta, cuda:0, cuda:1",
+    )
+
+
+def test_marker_matches_gpus(pytester: pytest.Pytester) -> None:
+    simulate_cuda(pytester, 2)
+    pytester.makepyfile(
+        test_marker="""
+import pytest
+
+@pytest.mark.composable(devices=["cuda"])
+def test_any_gpu(composable_device):
+    assert composable_device.type == "cuda"
+
+@pytest.mark.composable(devices=["cuda:1", "cpu"])
+def test_second_gpu(composable_device):
+    assert str(composable_device) in ("cuda:1", "cpu")
+"""
+    )
+    result = pytester.runpytest_subprocess("-v", "--composable-device=all")
+    assert verbose_outcomes(result) == {
+        "test_marker.py::test_any_gpu[cuda:0]": "PASSED",
+        "test_marker.py::test_any_gpu[cuda:1]": "PASSED",
+        "test_marker.py::test_second_gpu[cpu]": "PASSED",
+        "test_marker.py::test_second_gpu[cuda:1]": "PASSED",
+    }
