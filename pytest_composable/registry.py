@@ -66,7 +66,8 @@ def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], o
     with preserved_global_state(), seeded_cpu_rng(seed):
         # Tensors made without an explicit device must follow the value rule
         # (CPU generator), whatever default device the test has set.
-        torch.set_default_device(None)
+        if torch.get_default_device().type != "cpu":
+            torch.set_default_device(None)
         if device.type == "meta":
             return make(device)
         return make(torch.device("cpu"))

@@ -40,5 +40,8 @@ def preserved_global_state() -> Iterator[None]:
         yield
     finally:
         torch.set_default_dtype(dtype)
-        torch.set_default_device(device)
+        if torch.get_default_device() != device:
+            # set_default_device(cpu) would push a global DeviceContext mode that
+            # slows every later torch call; None is the same cpu default without one.
+            torch.set_default_device(None if device.type == "cpu" else device)
         torch.set_grad_enabled(grad)

@@ -203,3 +203,21 @@ def test_model(composable_model_spec, composable_seed, request):
     )
     result = pytester.runpytest_subprocess("--composable-device=cpu")
     result.assert_outcomes(passed=5)
+
+
+def test_fixtures_leave_no_torch_function_mode_behind(pytester: pytest.Pytester) -> None:
+    """Restoring the cpu default device must not push a global DeviceContext mode,
+    which would route every later torch call of the session through Python."""
+    pytester.makepyfile(
+        """
+        import torch
+
+        def test_a(composable_model, composable_input):
+            pass
+
+        def test_b():
+            assert torch.overrides._get_current_function_mode_stack() == []
+        """
+    )
+    result = pytester.runpytest_subprocess("--composable-device=cpu")
+    result.assert_outcomes(passed=6)

@@ -1,0 +1,235 @@
+"""Shared by the benchmark scripts: interleaved subprocess timing and the generated suites.
+
+Every benchmark compares two ``python -m pytest`` command lines, A (with
+pytest-composable) and B (the baseline), in one process: after one untimed
+warm-up run of each (which also writes the bytecode caches), it times
+``rounds`` rounds, alternating the order (A B, B A, A B, ...) so that drift
+in machine load hits both sides alike, and reports the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS = (
+    ("unit_module", "UnitModule"),
+    ("composite_model", "CompositeModel"),
+    ("unit_param_module", "UnitParamModule"),
+    ("composite_param_model", "CompositeParamModel"),
+    ("nested_sequential_model", "NestedSequentialModel"),
+)
+DEVICES = ("cpu", "meta")
+REPEATS = 100  # 100 x 5 models x 2 devices = 1,000 items
+
+
+Side = tuple[str, Sequence[str], Path]  # label, command, working directory
+
+
+@dataclass(frozen=True)
+class Timings:
+    """One side's timed runs, in seconds: wall-clock and CPU (user + system) time."""
+
+    label: str
+    wall: tuple[float, ...]
+    cpu: tuple[float, ...]
+
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def line(self, side: str) -> str:
+        walls = ", ".join(f"{v:.3f}" for v in self.wall)
+        return (
+            f"  {side} {self.label}: wall median {self.wall_median:.3f} s "
+            f"(min {min(self.wall):.3f}), CPU median {self.cpu_median:.3f} s  wall: [{walls}]"
+        )
+
+
+@dataclass(frozen=True)
+class Result:
+    """One benchmark: A (pytest-composable) against B (the baseline)."""
+
+    name: str
+    target: float
+    a: Timings
+    b: Timings
+
+    @property
+    def ratio(self) -> float:
+        """The target metric: ratio of the median wall times, A / B."""
+        return self.a.wall_median / self.b.wall_median
+
+    @property
+    def cpu_ratio(self) -> float:
+        """Ratio of the median CPU times, A / B: steadier on a busy machine."""
+        return self.a.cpu_median / self.b.cpu_median
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.target
+
+    def report(self) -> str:
+        verdict = "met" if self.met else "MISSED"
+        return "\n".join(
+            [
+                f"{self.name}: wall ratio {self.ratio:.3f} (target <= {self.target:.2f}, "
+                f"{verdict}), CPU ratio {self.cpu_ratio:.3f}",
+                self.a.line("A"),
+                self.b.line("B"),
+            ]
+        )
+
+
+def pytest_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *args]
+
+
+def _environment() -> dict[str, str]:
+    """The caller's environment without settings that would change what pytest runs."""
+    env = dict(os.environ)
+    for name in ("PYTEST_ADDOPTS", "PYTEST_COMPOSABLE_DEVICE", "PYTEST_PLUGINS"):
+        env.pop(name, None)
+    return env
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(command: Sequence[str], cwd: Path, expect_output: str) -> tuple[float, float]:
+    """Wall and CPU time of one run of ``command``; fails loudly unless pytest succeeds."""
+    cpu_before = _children_cpu()
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    cpu = _children_cpu() - cpu_before
+    if done.returncode != 0 or expect_output not in done.stdout:
+        raise SystemExit(
+            f"benchmark command failed (exit {done.returncode}): {' '.join(command)} in {cwd}\n"
+            f"expected output: {expect_output!r}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return wall, cpu
+
+
+def compare(name: str, target: float, a: Side, b: Side, rounds: int, expect_output: str) -> Result:
+    """Time A and B interleaved (see the module docstring); each run must print that text."""
+    sides = (a, b)
+    samples: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+    for _, command, cwd in sides:  # warm-up: bytecode caches, file system caches
+        run_once(command, cwd, expect_output)
+    for round_index in range(rounds):
+        for side in (0, 1) if round_index % 2 == 0 else (1, 0):
+            _, command, cwd = sides[side]
+            samples[side].append(run_once(command, cwd, expect_output))
+
+    def timings(side: int) -> Timings:
+        walls, cpus = zip(*samples[side], strict=True)
+        return Timings(sides[side][0], walls, cpus)
+
+    return Result(name, target, timings(0), timings(1))
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+
+
+# An ini file of its own keeps the generated suites independent of any
+# surrounding project configuration (rootdir, addopts, testpaths).
+INI = """
+    [pytest]
+    addopts = -p no:cacheprovider
+"""
+
+MODEL_TEST = f"""
+    import pytest
+
+
+    @pytest.mark.parametrize("i", range({REPEATS}))
+    def test_model(i, composable_model):
+        assert composable_model.training
+"""
+
+BASELINE_CONFTEST = f"""
+    # The same parametrization as pytest-composable's composable_model, by hand:
+    # every model on every device, each built on CPU from the CPU generator
+    # seeded with 0 (the caller's generator state restored afterwards, as the
+    # plugin does) and moved to the device. The cheapest faithful way to write it,
+    # so the comparison does not flatter the plugin.
+    import pytest
+    import torch
+
+    from pytest_composable import models
+
+    MODELS = {dict(MODELS)!r}
+    DEVICES = {list(DEVICES)!r}
+    PARAMS = [(name, device) for name in MODELS for device in DEVICES]
+
+
+    @pytest.fixture(params=PARAMS, ids=[f"{{name}}-{{device}}" for name, device in PARAMS])
+    def composable_model(request):
+        name, device = request.param
+        cls = getattr(models, MODELS[name])
+        state = torch.get_rng_state()
+        torch.default_generator.manual_seed(0)
+        try:
+            model = cls(torch.device("meta" if device == "meta" else "cpu"))
+        finally:
+            torch.set_rng_state(state)
+        return model.to(device)
+"""
+
+
+def model_suite_sides(root: Path, *extra_args: str) -> tuple[Side, Side]:
+    """Two suites of 1,000 ``composable_model`` items under ``root``: the plugin's and by hand.
+
+    Returns the (label, command, directory) of each side for :func:`compare`.
+    """
+    ours, baseline = root / "composable", root / "by_hand"
+    write(ours / "pytest.ini", INI + f"    composable_devices = {' '.join(DEVICES)}\n")
+    write(ours / "test_models.py", MODEL_TEST)
+    write(baseline / "pytest.ini", INI)
+    write(baseline / "conftest.py", BASELINE_CONFTEST)
+    write(baseline / "test_models.py", MODEL_TEST)
+    return (
+        ("pytest-composable", pytest_command("-q", *extra_args), ours),
+        (
+            "by hand, -p no:composable",
+            pytest_command("-q", "-p", "no:composable", *extra_args),
+            baseline,
+        ),
+    )
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="pytest-composable-bench-") as tmp:
+        yield Path(tmp)
+
+
+def main(measure: Callable[[int], Result], default_rounds: int) -> None:
+    """Command line of a benchmark script: ``--rounds N``; prints the report."""
+    parser = argparse.ArgumentParser(
+        description=sys.modules["__main__"].__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--rounds", type=int, default=default_rounds, help="timed rounds per side")
+    args = parser.parse_args()
+    print(measure(args.rounds).report())

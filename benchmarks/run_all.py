@@ -1,0 +1,69 @@
+"""Run the three pytest-composable benchmarks and print a summary table.
+
+* ``bench_torch_free.py``: a torch-free 200-test suite, plugin installed vs
+  ``-p no:composable`` (target <= 1.05);
+* ``bench_collect.py``: collecting 1,000 ``composable_model`` items vs the same
+  parametrization by hand (target <= 1.2);
+* ``bench_run.py``: running those 1,000 items (target <= 1.1).
+
+Each benchmark interleaves its two sides and compares median wall times; see
+``_harness.py``. ``--rounds N`` overrides every benchmark's default.
+
+    python benchmarks/run_all.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import bench_collect
+import bench_run
+import bench_torch_free
+from _harness import Result
+
+BENCHMARKS: tuple[tuple[Callable[[int], Result], int], ...] = (
+    (bench_torch_free.measure, bench_torch_free.DEFAULT_ROUNDS),
+    (bench_collect.measure, bench_collect.DEFAULT_ROUNDS),
+    (bench_run.measure, bench_run.DEFAULT_ROUNDS),
+)
+
+
+def table(results: list[Result]) -> str:
+    header = ("benchmark", "A median s", "B median s", "wall A/B", "target", "CPU A/B", "")
+    rows = [
+        (
+            r.name,
+            f"{r.a.wall_median:.3f}",
+            f"{r.b.wall_median:.3f}",
+            f"{r.ratio:.3f}",
+            f"<= {r.target:.2f}",
+            f"{r.cpu_ratio:.3f}",
+            "met" if r.met else "MISSED",
+        )
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per side")
+    args = parser.parse_args()
+    results = []
+    for measure, default_rounds in BENCHMARKS:
+        result = measure(args.rounds or default_rounds)
+        print(result.report(), flush=True)
+        results.append(result)
+    print()
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
