@@ -7,14 +7,23 @@ from dataclasses import dataclass
 
 import pytest
 
-__all__ = ["DEVICE_ENV", "DeviceSelection", "add_options", "read_seed", "read_selection"]
+__all__ = [
+    "DEVICE_ENV",
+    "GROUP",
+    "GROUP_DESCRIPTION",
+    "DeviceSelection",
+    "add_options",
+    "read_seed",
+    "read_selection",
+]
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
 GROUP = "composable"
+GROUP_DESCRIPTION = "composable models, devices and distributed worlds (pytest-composable)"
 
 
 def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup(GROUP, "composable models and devices (pytest-composable)")
+    group = parser.getgroup(GROUP, GROUP_DESCRIPTION)
     group.addoption(
         "--composable-device",
         action="append",

@@ -29,6 +29,9 @@ INPUT_BATCH = 4
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
+    from . import distributed_plugin
+
+    pluginmanager.register(distributed_plugin, "composable.distributed")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,0 +1,70 @@
+"""The in-process fake world: one process posing as one rank of a world of any size.
+
+It uses torch's ``fake`` process-group backend (collectives move no data), so
+``fully_shard`` or ``replicate`` over a world of 8 runs in milliseconds in the
+test's own process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .world import World
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["fake_world", "register_fake_backend"]
+
+_FAKE = "fake"
+
+
+def register_fake_backend() -> None:
+    """Make sure torch knows the ``fake`` backend (it is registered on first import of
+    ``torch.testing._internal.distributed.fake_pg``; older torch needs that import, and
+    where that module is missing the backend is registered here)."""
+    import torch.distributed as dist
+
+    try:
+        import torch.testing._internal.distributed.fake_pg  # noqa: F401
+    except ImportError:  # pragma: no cover - a torch without the testing module
+        from torch._C._distributed_c10d import FakeProcessGroup
+
+        def create(common_opts: Any, backend_opts: Any) -> Any:
+            make: Any = getattr(FakeProcessGroup, "_create_internal", FakeProcessGroup)
+            return make(common_opts.group_rank, common_opts.group_size, backend_opts)
+
+        dist.Backend.register_backend(
+            _FAKE, create, extended_api=True, devices=["cpu", "cuda", "hpu", "xpu"]
+        )
+
+
+@contextmanager
+def fake_world(world_size: int, rank: int, device: torch.device) -> Iterator[World]:
+    """Initialise the default process group on the fake backend, yield a :class:`World`.
+
+    The group and mesh are destroyed on exit. A default group that already
+    exists is an error: the fake world never replaces someone else's.
+    """
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import HashStore
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"composable: rank {rank} is outside a world of size {world_size}")
+    if dist.is_initialized():
+        raise RuntimeError(
+            "composable: a default process group already exists in this process; "
+            "composable_fake_world needs to create its own"
+        )
+    register_fake_backend()
+    dist.init_process_group(_FAKE, store=HashStore(), rank=rank, world_size=world_size)
+    try:
+        # A meta test builds its model on meta and shards it over a CPU mesh
+        # (FSDP2's meta-device initialisation); meta has no mesh of its own.
+        mesh = init_device_mesh("cpu" if device.type == "meta" else device.type, (world_size,))
+        yield World(rank, world_size, rank, device, _FAKE, mesh, fake=True)
+    finally:
+        dist.destroy_process_group()

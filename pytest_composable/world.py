@@ -1,0 +1,88 @@
+"""The :class:`World` a distributed test sees: its rank, world size, device, backend and mesh.
+
+torch-free at import: the torch types are for type checkers only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed.device_mesh import DeviceMesh
+
+__all__ = ["RANK_ENV", "RankContext", "World", "backend_for", "forget_meshes", "make_world"]
+
+RANK_ENV = "PYTEST_COMPOSABLE_RANK_WORKER"
+"""Set in a rank process the launcher started; its value describes the rank."""
+
+
+@dataclass(frozen=True)
+class World:
+    """One rank's view of the process group a test runs in.
+
+    ``mesh`` is a 1-D ``DeviceMesh`` over every rank on ``device``'s type.
+    ``fake`` is true for the in-process fake world (one real process posing
+    as ``rank`` of ``world_size``; collectives move no data).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    mesh: DeviceMesh
+    fake: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0."""
+        return self.rank == 0
+
+
+def backend_for(device_type: str) -> str:
+    """The process-group backend for a device type: gloo on cpu, nccl on cuda, else torch's."""
+    if device_type == "cpu":
+        return "gloo"
+    if device_type == "cuda":
+        return "nccl"
+    import torch.distributed as dist
+
+    getter = getattr(dist, "get_default_backend_for_device", None)
+    if getter is None:
+        raise ValueError(f"composable: no process-group backend known for {device_type!r}")
+    return str(getter(device_type))
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """The process group this process joined: set once per rank session."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+
+_meshes: dict[str, DeviceMesh] = {}
+
+
+def make_world(context: RankContext, device: torch.device) -> World:
+    """The :class:`World` for a test on ``device`` (cuda becomes ``cuda:<local rank>``)."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if device.type not in ("cpu", "meta"):
+        device = torch.device(device.type, context.local_rank)
+    mesh = _meshes.get(device.type)
+    if mesh is None:
+        mesh = _meshes[device.type] = init_device_mesh(device.type, (context.world_size,))
+    return World(
+        context.rank, context.world_size, context.local_rank, device, context.backend, mesh
+    )
+
+
+def forget_meshes() -> None:
+    """Drop cached meshes (before the process group they belong to is destroyed)."""
+    _meshes.clear()

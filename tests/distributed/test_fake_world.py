@@ -1,0 +1,72 @@
+"""The in-process fake world: ``composable_fake_world``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pytest_composable.world import World
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.mark.composable(world_size=8)
+def test_fully_shard_over_a_fake_world_of_eight(
+    composable_fake_world: World, composite_model: nn.Module
+) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    world = composable_fake_world
+    assert (world.rank, world.world_size, world.backend, world.fake) == (0, 8, "fake", True)
+    assert dist.get_world_size() == 8
+    assert world.mesh.device_type == "cpu"
+    assert world.mesh.size() == 8
+    for unit in (composite_model.u1, composite_model.u2):
+        fully_shard(unit, mesh=world.mesh)
+    fully_shard(composite_model, mesh=world.mesh)
+    # Each rank holds 1/8 of every parameter's rows (100 rows -> 13 on rank 0).
+    assert composite_model.l1.weight.to_local().shape == (13, 100)
+    composite_model(torch.randn(4, 100)).sum().backward()
+
+
+@pytest.mark.composable(world_size=4, rank=3)
+def test_marker_rank(composable_fake_world: World) -> None:
+    assert (composable_fake_world.rank, dist.get_rank()) == (3, 3)
+
+
+@pytest.mark.composable(world_size=[2, 4])
+def test_world_size_list_parametrizes(
+    composable_fake_world: World, request: pytest.FixtureRequest
+) -> None:
+    assert request.node.name.endswith(f"-ws{composable_fake_world.world_size}]")
+
+
+def test_default_world_size_is_two(composable_fake_world: World) -> None:
+    assert composable_fake_world.world_size == 2
+
+
+def test_torn_down_after_each_test() -> None:
+    assert not dist.is_initialized()
+
+
+def test_ids_and_meta(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.composable(world_size=[2, 8])
+        def test_x(composable_fake_world, composite_model):
+            from torch.distributed.fsdp import fully_shard
+
+            # meta: the model stays on meta and is sharded over a CPU mesh
+            fully_shard(composite_model, mesh=composable_fake_world.mesh)
+            assert composite_model.l1.weight.device.type == composable_fake_world.device.type
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        ["*test_x[[]cpu-ws2[]] PASSED*", "*test_x[[]cpu-ws8[]] PASSED*", "*[[]meta-ws8[]] PASSED*"]
+    )

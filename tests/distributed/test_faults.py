@@ -1,0 +1,148 @@
+"""Faults on real ranks: a hang (deadline with every rank's stack), rank death, Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import verbose_outcomes
+
+FAULTS = """
+import os
+import signal
+import time
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+def test_hang(composable_world):
+    if composable_world.rank == 1:
+        time.sleep(600)  # rank 1 never reaches the barrier
+    dist.barrier()
+
+
+def test_after_hang(composable_world):
+    dist.barrier()
+
+
+def test_exit(composable_world):
+    if composable_world.rank == 1:
+        os._exit(7)
+    dist.barrier()
+
+
+def test_signal(composable_world):
+    if composable_world.rank == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+
+
+def test_escapes_the_test(composable_world):
+    if composable_world.rank == 1:
+        raise KeyboardInterrupt  # pytest lets this through: the rank's session dies
+    dist.barrier()
+
+
+@pytest.mark.composable(timeout=30)
+def test_last(composable_world):
+    dist.barrier()
+"""
+
+
+def test_hang_and_rank_death_fail_one_test_each(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_faults=FAULTS)
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess("-v", "--composable-timeout=4", "-p", "no:cacheprovider")
+    took = time.monotonic() - start
+    assert verbose_outcomes(result) == {
+        "test_faults.py::test_hang[cpu]": "FAILED",
+        "test_faults.py::test_after_hang[cpu]": "PASSED",
+        "test_faults.py::test_exit[cpu]": "FAILED",
+        "test_faults.py::test_signal[cpu]": "FAILED",
+        "test_faults.py::test_escapes_the_test[cpu]": "FAILED",
+        "test_faults.py::test_last[cpu]": "PASSED",
+    }, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "composable: timed out after 4 s; rank(s) 1 did not finish*",
+            "*_ rank 0 (finished) _*",
+            "*_ rank 1 (still running) _*",
+            '*File "*test_faults.py", line 13 in test_hang',
+        ]
+    )
+    result.stdout.fnmatch_lines(["composable: rank 1 exited with status 7"])
+    result.stdout.fnmatch_lines(["composable: rank 0 was killed by signal SIGKILL"])
+    result.stdout.fnmatch_lines(
+        [
+            "composable: rank 1 crashed outside the test (exited with status 3):",
+            "*KeyboardInterrupt*",
+        ]
+    )
+    assert took < 100
+
+
+CTRL_C = """
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+@pytest.mark.composable(devices=["cpu"])
+def test_wait(composable_world):
+    Path(os.environ["PIDS"], f"rank{composable_world.rank}").write_text(str(os.getpid()))
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_no_rank_survives_the_session(
+    pytester: pytest.Pytester, tmp_path: Path, sig: signal.Signals
+) -> None:
+    pytester.makepyfile(test_wait=CTRL_C)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    main = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=pytester.path,
+        env={**os.environ, "PIDS": str(pids)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.iterdir())) < 2:
+            assert time.monotonic() < deadline, "the ranks did not start"
+            assert main.poll() is None, main.communicate()[0].decode()
+            time.sleep(0.1)
+        time.sleep(0.2)
+        main.send_signal(sig)
+        output = main.communicate(timeout=30)[0].decode()
+    finally:
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in output
+    ranks = [int(p.read_text()) for p in pids.iterdir()]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in ranks if _alive(pid)]
