@@ -100,11 +100,34 @@ def pytest_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytest", *args]
 
 
+BYTECODE_CACHE = True
+"""Let the timed runs use ``__pycache__`` like a normal install (pip compiles a
+wheel's modules at install time). Off with ``--no-bytecode-cache``, which keeps
+a ``PYTHONDONTWRITEBYTECODE`` from the caller: then every run compiles the
+plugin's modules (and the test files) from source."""
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_rounds: int | None) -> None:
+    parser.add_argument("--rounds", type=int, default=default_rounds, help="timed rounds per side")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE from the environment (default: unset it)",
+    )
+
+
+def apply_arguments(args: argparse.Namespace) -> None:
+    global BYTECODE_CACHE
+    BYTECODE_CACHE = not args.no_bytecode_cache
+
+
 def _environment() -> dict[str, str]:
     """The caller's environment without settings that would change what pytest runs."""
     env = dict(os.environ)
     for name in ("PYTEST_ADDOPTS", "PYTEST_COMPOSABLE_DEVICE", "PYTEST_PLUGINS"):
         env.pop(name, None)
+    if BYTECODE_CACHE:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -230,6 +253,7 @@ def main(measure: Callable[[int], Result], default_rounds: int) -> None:
         description=sys.modules["__main__"].__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--rounds", type=int, default=default_rounds, help="timed rounds per side")
+    add_arguments(parser, default_rounds)
     args = parser.parse_args()
+    apply_arguments(args)
     print(measure(args.rounds).report())

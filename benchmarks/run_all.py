@@ -7,9 +7,11 @@
 * ``bench_run.py``: running those 1,000 items (target <= 1.1).
 
 Each benchmark interleaves its two sides and compares median wall times; see
-``_harness.py``. ``--rounds N`` overrides every benchmark's default.
+``_harness.py``. ``--rounds N`` overrides every benchmark's default;
+``--no-bytecode-cache`` times runs that compile every module from source
+(by default the runs use ``__pycache__``, as an installed package does).
 
-    python benchmarks/run_all.py [--rounds N]
+    python benchmarks/run_all.py [--rounds N] [--no-bytecode-cache]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable
 import bench_collect
 import bench_run
 import bench_torch_free
-from _harness import Result
+from _harness import Result, add_arguments, apply_arguments
 
 BENCHMARKS: tuple[tuple[Callable[[int], Result], int], ...] = (
     (bench_torch_free.measure, bench_torch_free.DEFAULT_ROUNDS),
@@ -54,8 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per side")
+    add_arguments(parser, None)
     args = parser.parse_args()
+    apply_arguments(args)
     results = []
     for measure, default_rounds in BENCHMARKS:
         result = measure(args.rounds or default_rounds)
