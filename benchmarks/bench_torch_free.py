@@ -18,7 +18,7 @@ from _harness import INI, Result, compare, main, pytest_command, scratch_dir, wr
 FILES = 20
 TESTS_PER_FILE = 10
 TARGET = 1.05
-DEFAULT_ROUNDS = 15
+DEFAULT_ROUNDS = 41
 
 TORCH_FREE_TEST = """
 def test_torch_is_not_imported():

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .spec import ModelSpec
-
 if TYPE_CHECKING:
     from .meta_init import materialize
+    from .spec import ModelSpec
 
 __all__ = ["ModelSpec", "materialize"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
+    # Lazy, so that loading the plugin (which imports this package) stays cheap.
+    if name == "ModelSpec":
+        from .spec import ModelSpec
+
+        return ModelSpec
     if name == "materialize":
         from .meta_init import materialize
 

@@ -20,7 +20,6 @@ import pytest
 from ._options import GROUP, GROUP_DESCRIPTION
 from .marker import MarkerError, read_marker
 from .state import state_of
-from .world import RANK_ENV
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +29,10 @@ if TYPE_CHECKING:
     from .torchrun import TorchrunSession  # noqa: F401 - named in a StashKey string
     from .world import World
 
-__all__ = ["composable_fake_world", "composable_world"]
+__all__ = ["RANK_ENV", "composable_fake_world", "composable_world"]
+
+RANK_ENV = "PYTEST_COMPOSABLE_RANK_WORKER"
+"""Set in a rank process the launcher started; its value describes the rank (:mod:`.ranks`)."""
 
 WORLD_FIXTURE = "composable_world"
 FAKE_FIXTURE = "composable_fake_world"

@@ -26,8 +26,9 @@ from typing import IO, Any
 import pytest
 
 from . import _wire
+from .distributed_plugin import RANK_ENV
 from .reports import serialize
-from .world import RANK_ENV, RankContext, forget_meshes
+from .world import RankContext, forget_meshes
 
 __all__ = ["ENV", "RankSpec", "context", "serve", "spec_from_env"]
 

@@ -12,10 +12,7 @@ if TYPE_CHECKING:
     import torch
     from torch.distributed.device_mesh import DeviceMesh
 
-__all__ = ["RANK_ENV", "RankContext", "World", "backend_for", "forget_meshes", "make_world"]
-
-RANK_ENV = "PYTEST_COMPOSABLE_RANK_WORKER"
-"""Set in a rank process the launcher started; its value describes the rank."""
+__all__ = ["RankContext", "World", "backend_for", "forget_meshes", "make_world"]
 
 
 @dataclass(frozen=True)

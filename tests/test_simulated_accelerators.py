@@ -126,7 +126,8 @@ def test_real_xdist_run_spreads_workers_over_gpus(pytester: pytest.Pytester) -> 
         test_z=RECORDING_TEST,
         test_w=RECORDING_TEST,
     )
-    result = pytester.runpytest_subprocess("-n", "2")
+    # loadfile: each worker gets at least one of the four files, so both see a cuda test.
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
     cuda = {stem: device for stem, device in seen_devices(pytester).items() if "cuda" in device}
     assert cuda
