@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,18 @@ def _torchrun(path: Path, *launch: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # so a stuck launch can be killed with its workers
     )
+
+
+def _output(launch: subprocess.Popen[str]) -> str:
+    """The launch's output; a launch still running after 120 s is killed, never left behind."""
+    try:
+        return launch.communicate(timeout=120)[0]
+    finally:
+        if launch.poll() is None:
+            os.killpg(launch.pid, signal.SIGKILL)
+            launch.communicate()
 
 
 def _check(output: str, world_size: int) -> None:
@@ -62,7 +74,7 @@ def _check(output: str, world_size: int) -> None:
 def test_two_processes(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_world=TESTS)
     launch = _torchrun(pytester.path, "--standalone", "--nproc-per-node=2")
-    output = launch.communicate(timeout=120)[0]
+    output = _output(launch)
     _check(output, 2)
     assert launch.returncode != 0
 
@@ -81,7 +93,7 @@ def test_two_nodes_on_localhost(pytester: pytest.Pytester) -> None:
         )
         for node in range(2)
     ]
-    outputs = [node.communicate(timeout=120)[0] for node in nodes]
+    outputs = [_output(node) for node in nodes]
     _check(outputs[0], 2)
     assert "test session starts" not in outputs[1]
     assert nodes[0].returncode != 0
@@ -97,6 +109,6 @@ def test_all_passing_exits_zero(pytester: pytest.Pytester) -> None:
         """
     )
     launch = _torchrun(pytester.path, "--standalone", "--nproc-per-node=2")
-    output = launch.communicate(timeout=120)[0]
+    output = _output(launch)
     assert "1 passed" in output, output
     assert launch.returncode == 0, output
