@@ -81,12 +81,7 @@ class ComposableState:
 
     def header(self) -> list[str]:
         """Lines for ``pytest_report_header``; torch's version comes from package metadata."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            torch_version = version("torch")
-        except PackageNotFoundError:
-            torch_version = "not installed"
+        torch_version = _installed_version("torch")
         if self.is_resolved():
             devices = ", ".join(str(d) for d in self.selected)
         elif self.selection.is_default:
@@ -97,6 +92,27 @@ class ComposableState:
             f"composable: torch {torch_version}, devices ({self.selection.source}): {devices}, "
             f"seed: {self.seed}"
         ]
+
+
+def _installed_version(name: str) -> str:
+    """A distribution's version from its metadata, without importing it.
+
+    Reads the ``Version:`` header itself: ``importlib.metadata.version`` parses
+    the whole METADATA file (torch's long description included), which costs
+    a torch-free session more than everything else in the header.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        text = distribution(name).read_text("METADATA") or ""
+    except PackageNotFoundError:
+        return "not installed"
+    for line in text.splitlines():
+        if line.startswith("Version:"):
+            return line.partition(":")[2].strip()
+        if not line:
+            break
+    return "unknown"
 
 
 def state_of(config: pytest.Config) -> ComposableState:
