@@ -87,10 +87,12 @@ def pytest_configure(config: pytest.Config) -> None:
         if spec is not None:
             ranks.watch_parent(spec.parent_pid)
             ranks.install_stack_dump(spec.stack_file)
+            config.pluginmanager.register(_RankDevices(), "composable.rank_devices")
     elif _in_torchrun():
         from .torchrun import TorchrunSession
 
         config.stash[_TORCHRUN] = TorchrunSession(config)
+        config.pluginmanager.register(_RankDevices(), "composable.rank_devices")
 
 
 def _launcher(config: pytest.Config) -> Launcher:
@@ -300,23 +302,31 @@ def _tear_down_towards(item: pytest.Item, nextitem: pytest.Item | None) -> None:
         item.ihook.pytest_runtest_logreport(report=report)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
-    result = yield
-    context = _world_context(request.config)
-    if (
-        context is not None
-        and fixturedef.argname == "composable_device"
-        and WORLD_FIXTURE in request.fixturenames
-        and getattr(result, "type", "cpu") not in ("cpu", "meta")
-    ):
-        # On a rank, the test's accelerator is the rank's own: cuda:<local rank>.
-        import torch
+class _RankDevices:
+    """On a rank, the test's accelerator is the rank's own: ``cuda:<local rank>``.
 
-        result = torch.device(result.type, context.local_rank)
-        if fixturedef.cached_result is not None:
-            fixturedef.cached_result = (result, fixturedef.cached_result[1], None)
-    return result
+    Registered only in rank and torchrun-launched processes, so no other session
+    pays for a wrapper around every fixture setup.
+    """
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Any:
+        result = yield
+        context = _world_context(request.config)
+        if (
+            context is not None
+            and fixturedef.argname == "composable_device"
+            and WORLD_FIXTURE in request.fixturenames
+            and getattr(result, "type", "cpu") not in ("cpu", "meta")
+        ):
+            import torch
+
+            result = torch.device(result.type, context.local_rank)
+            if fixturedef.cached_result is not None:
+                fixturedef.cached_result = (result, fixturedef.cached_result[1], None)
+        return result
 
 
 def _world_context(config: pytest.Config) -> Any:
