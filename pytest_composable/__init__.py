@@ -1,6 +1,7 @@
 """pytest-composable: PyTorch's composable test models as pytest fixtures, on every device.
 
-``ModelSpec`` and ``materialize`` are the public API; the fixtures come from
+``ModelSpec``, ``materialize`` and ``World`` (what ``composable_world`` and
+``composable_fake_world`` give a test) are the public API; the fixtures come from
 the ``composable`` pytest plugin. Importing this package does not import torch
 (``materialize`` and the model classes load it on first use).
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .distributed.world import World
     from .meta_init import materialize
     from .spec import ModelSpec
 
-__all__ = ["ModelSpec", "materialize"]
+__all__ = ["ModelSpec", "World", "materialize"]
 __version__ = "0.1.0"
 
 
@@ -27,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from .meta_init import materialize
 
         return materialize
+    if name == "World":
+        from .distributed.world import World
+
+        return World
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

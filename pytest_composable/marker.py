@@ -15,6 +15,7 @@ narrow what its module chose.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -75,8 +76,15 @@ def _convert(key: str, value: Any) -> Any:
         return tuple(_int(key, v, 1) for v in sizes)
     if key == "rank":
         return _int(key, value, 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise MarkerError(f"composable(timeout=...) takes a number of seconds > 0, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise MarkerError(
+            f"composable(timeout=...) takes a finite number of seconds > 0, got {value!r}"
+        )
     return float(value)
 
 

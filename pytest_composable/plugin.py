@@ -29,9 +29,9 @@ INPUT_BATCH = 4
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(hookspecs)
-    from . import distributed_plugin
+    from .distributed import plugin as distributed
 
-    pluginmanager.register(distributed_plugin, "composable.distributed")
+    pluginmanager.register(distributed, "composable.distributed")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

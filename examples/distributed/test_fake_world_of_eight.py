@@ -15,7 +15,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from pytest_composable.models import UnitModule
-from pytest_composable.world import World
+from pytest_composable import World
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=8)
 

@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 
 from pytest_composable.models import UnitModule
-from pytest_composable.world import World
+from pytest_composable import World
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
 

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed._composable.replicate import replicate
 
-from pytest_composable.world import World
+from pytest_composable import World
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
 

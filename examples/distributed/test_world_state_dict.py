@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import fully_shard
 
 from pytest_composable.models import CompositeModel
-from pytest_composable.world import World
+from pytest_composable import World
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
 

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pytest_composable.world import World
+from pytest_composable import World
 
 pytestmark = pytest.mark.composable(devices=["cpu"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_composable.ports import free_port
+from tests.ports import free_port
 
 TESTS = """
 import pytest

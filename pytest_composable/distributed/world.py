@@ -6,13 +6,24 @@ torch-free at import: the torch types are for type checkers only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
     from torch.distributed.device_mesh import DeviceMesh
 
-__all__ = ["RankContext", "World", "backend_for", "forget_meshes", "make_world"]
+__all__ = [
+    "RankContext",
+    "World",
+    "WorldError",
+    "backend_for",
+    "forget_meshes",
+    "make_world",
+]
+
+
+class WorldError(Exception):
+    """A world the test asked for cannot be made here; the test fails with this message."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +59,7 @@ def backend_for(device_type: str) -> str:
 
     getter = getattr(dist, "get_default_backend_for_device", None)
     if getter is None:
-        raise ValueError(f"composable: no process-group backend known for {device_type!r}")
+        raise WorldError(f"composable: no process-group backend known for {device_type!r}")
     return str(getter(device_type))
 
 
@@ -60,6 +71,7 @@ class RankContext:
     world_size: int
     local_rank: int
     backend: str
+    group: Any = None  # the default process group as joined (to tell if a test replaced it)
 
 
 _meshes: dict[str, DeviceMesh] = {}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .world import World
+from .world import World, WorldError
 
 if TYPE_CHECKING:
     import torch
@@ -53,9 +53,9 @@ def fake_world(world_size: int, rank: int, device: torch.device) -> Iterator[Wor
     from torch.distributed.device_mesh import init_device_mesh
 
     if not 0 <= rank < world_size:
-        raise ValueError(f"composable: rank {rank} is outside a world of size {world_size}")
+        raise WorldError(f"composable: rank {rank} is outside a world of size {world_size}")
     if dist.is_initialized():
-        raise RuntimeError(
+        raise WorldError(
             "composable: a default process group already exists in this process; "
             "composable_fake_world needs to create its own"
         )

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from .reports import PHASES, failure, merge_phase, passed, serialize, unserialize
+from ._policy import pg_timeout_for, timeout_of
+from ._reports import failure, merge_reports, passed, serialize, unserialize
 from .world import RankContext, backend_for, forget_meshes
 
 __all__ = ["TorchrunSession"]
@@ -87,8 +88,6 @@ class TorchrunSession:
         import torch.distributed as dist
         from _pytest.runner import runtestprotocol
 
-        from .distributed_plugin import pg_timeout_for, timeout_of
-
         item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
         if self.broken is not None:
             for report in (failure(item, "setup", self.broken), passed(item, "teardown")):
@@ -115,20 +114,15 @@ class TorchrunSession:
         return True
 
     def _merge(self, item: pytest.Item, gathered: list[Any]) -> list[pytest.TestReport]:
+        if self.broken is not None:
+            return [
+                passed(item, "setup"),
+                failure(item, "call", self.broken),
+                passed(item, "teardown"),
+            ]
         reports = {
             rank: [unserialize(self.config, d) for d in data]
             for rank, data in enumerate(gathered)
             if data is not None
         }
-        merged = []
-        for when in PHASES:
-            per_rank = {r: rep for r, reps in reports.items() for rep in reps if rep.when == when}
-            if per_rank:
-                merged.append(merge_phase(item, when, per_rank, self.world_size))
-        if self.broken is not None:
-            merged = [
-                passed(item, "setup"),
-                failure(item, "call", self.broken),
-                passed(item, "teardown"),
-            ]
-        return merged
+        return merge_reports(item, reports, self.world_size)

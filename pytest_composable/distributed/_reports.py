@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-__all__ = ["PHASES", "failure", "merge_phase", "passed", "serialize", "unserialize"]
+__all__ = [
+    "PHASES",
+    "failure",
+    "merge_phase",
+    "merge_reports",
+    "passed",
+    "serialize",
+    "unserialize",
+]
 
 PHASES = ("setup", "call", "teardown")
 
@@ -120,3 +128,15 @@ def merge_phase(
         sections=_sections(per_rank),
         user_properties=properties,
     )
+
+
+def merge_reports(
+    item: pytest.Item, per_rank: Mapping[int, Sequence[pytest.TestReport]], world_size: int
+) -> list[pytest.TestReport]:
+    """One report per phase that any rank reported, merged with :func:`merge_phase`."""
+    merged = []
+    for when in PHASES:
+        phase = {rank: r for rank, reports in per_rank.items() for r in reports if r.when == when}
+        if phase:
+            merged.append(merge_phase(item, when, phase, world_size))
+    return merged

@@ -1,0 +1,162 @@
+"""The distributed options and ini settings, read with their precedence and checked (torch-free).
+
+``--composable-world-size`` and ``--composable-timeout`` each have an
+environment variable and an ini setting. Precedence, for each one: the
+command line > the environment variable > the ini setting > the default.
+A value from any source is checked at configure time: a bad one is a usage
+error (exit 4) that names its source and the value, before anything is
+collected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from .._options import GROUP, GROUP_DESCRIPTION
+from ._constants import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_WORLD_SIZE,
+    MAX_WORLD_SIZE,
+    TIMEOUT_ENV,
+    WORLD_SIZE_ENV,
+)
+
+__all__ = [
+    "SETTINGS_KEY",
+    "DistributedSettings",
+    "add_options",
+    "parse_timeout",
+    "parse_world_size",
+    "read_settings",
+    "settings_of",
+]
+
+_WORLD_SIZE_INI = "composable_world_size"
+_TIMEOUT_INI = "composable_timeout"
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup(GROUP, GROUP_DESCRIPTION)
+    group.addoption(
+        "--composable-world-size",
+        default=None,
+        dest="composable_world_size",
+        metavar="N",
+        help=(
+            "World size of tests that use composable_world or composable_fake_world without "
+            f"a composable(world_size=...) marker: 1 to {MAX_WORLD_SIZE}. Precedence: this "
+            f"option > {WORLD_SIZE_ENV} > the {_WORLD_SIZE_INI} ini setting > "
+            f"{DEFAULT_WORLD_SIZE}; the marker wins over all of them."
+        ),
+    )
+    group.addoption(
+        "--composable-timeout",
+        default=None,
+        dest="composable_timeout",
+        metavar="SECONDS",
+        help=(
+            "Deadline of each composable_world test (setup, call and teardown on every rank), "
+            "a finite number of seconds > 0. Precedence: composable(timeout=...) > this option "
+            f"> {TIMEOUT_ENV} > the {_TIMEOUT_INI} ini setting > {DEFAULT_TIMEOUT:g}. A test "
+            "past it fails with every rank's Python stack and its ranks are restarted; the "
+            "process group's own timeout follows the test's deadline, a little below it."
+        ),
+    )
+    parser.addini(
+        _WORLD_SIZE_INI,
+        type="string",
+        default="",
+        help=(
+            f"World size of world tests without a marker (default {DEFAULT_WORLD_SIZE}); "
+            f"{WORLD_SIZE_ENV} and --composable-world-size win."
+        ),
+    )
+    parser.addini(
+        _TIMEOUT_INI,
+        type="string",
+        default="",
+        help=(
+            f"Deadline of each composable_world test in seconds (default {DEFAULT_TIMEOUT:g}); "
+            f"{TIMEOUT_ENV} and --composable-timeout win."
+        ),
+    )
+
+
+def _quoted(value: str) -> str:
+    return repr(value if len(value) <= 200 else value[:200] + "...")
+
+
+def parse_world_size(raw: str) -> int:
+    """A world size from text: an integer in [1, MAX_WORLD_SIZE]; ``ValueError`` otherwise."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"{_quoted(raw)} is not a whole number")
+    value = int(text)
+    if not 1 <= value <= MAX_WORLD_SIZE:
+        raise ValueError(f"{value} is outside 1..{MAX_WORLD_SIZE}")
+    return value
+
+
+def parse_timeout(raw: str) -> float:
+    """A deadline from text: a finite number of seconds > 0; ``ValueError`` otherwise."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ValueError(f"{_quoted(raw)} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{_quoted(raw)} is not a finite number of seconds > 0")
+    return value
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    """The session's default world size and deadline, after precedence and checks."""
+
+    world_size: int
+    timeout: float
+
+
+def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, str] | None:
+    cli: str | None = config.getoption(option.lstrip("-").replace("-", "_"))
+    if cli is not None:
+        return cli, option
+    if env in os.environ:
+        return os.environ[env], env
+    value: str = config.getini(ini)
+    if value.strip():
+        return value, f"{ini} ini setting"
+    return None
+
+
+def read_settings(config: pytest.Config) -> DistributedSettings:
+    """Read both settings by precedence; a bad value is a :class:`pytest.UsageError`."""
+    world_size = DEFAULT_WORLD_SIZE
+    timeout = DEFAULT_TIMEOUT
+    picked = _pick(config, "--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI)
+    if picked is not None:
+        try:
+            world_size = parse_world_size(picked[0])
+        except ValueError as error:
+            raise pytest.UsageError(f"composable: {picked[1]}: world size {error}") from None
+    picked = _pick(config, "--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI)
+    if picked is not None:
+        try:
+            timeout = parse_timeout(picked[0])
+        except ValueError as error:
+            raise pytest.UsageError(f"composable: {picked[1]}: timeout {error}") from None
+    return DistributedSettings(world_size, timeout)
+
+
+SETTINGS_KEY = pytest.StashKey[DistributedSettings]()
+
+
+def settings_of(config: pytest.Config) -> DistributedSettings:
+    """The settings :func:`read_settings` stored at configure time."""
+    settings = config.stash.get(SETTINGS_KEY, None)
+    if settings is None:
+        settings = config.stash[SETTINGS_KEY] = read_settings(config)
+    return settings

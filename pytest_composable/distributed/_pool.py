@@ -1,0 +1,601 @@
+"""Plain ``pytest``: the main process starts rank processes and keeps them between tests.
+
+One :class:`RankPool` per (world size, device type), started the first time a
+test needs it and closed after the last test that needs it, so no test pays
+for spawning. Each rank is ``python -m pytest`` with the session's own
+arguments in rank mode (see :mod:`._rank`), in its own process group (so a
+terminal's Ctrl-C reaches only the main process, which then ends every rank,
+and so a rank's own child processes end with it).
+
+Nothing is left behind, however the main process ends:
+
+* every rank has ``PR_SET_PDEATHSIG`` (Linux), and a small *reaper* process
+  per pool waits on a pipe from the main process; when that pipe closes
+  because the main process died (SIGKILL included), the reaper kills every
+  rank's process group, grandchildren included, and removes the pool's
+  directory;
+* each pool directory holds a lock for as long as its session lives; a later
+  session removes only directories whose lock is free, so a live session
+  (even in another PID namespace sharing ``TMPDIR``) is never swept.
+
+The ranks are started with :class:`subprocess.Popen` rather than torch's
+elastic agent: the agent restarts the whole group whenever one worker fails,
+which must not happen between tests, and it owns the workers' stdio; here the
+main process talks to each rank over its own socket pair (no path, so any
+``TMPDIR`` length works, and no port, so concurrent sessions and xdist
+workers cannot collide), signals single ranks for stack dumps and decides
+itself when to restart. Rendezvous uses a ``FileStore`` in the pool directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ._constants import MIN_START_TIMEOUT, RANK_ENV
+from ._protocol import (
+    Channel,
+    Check,
+    Checked,
+    Crash,
+    Done,
+    Message,
+    Missing,
+    ProtocolError,
+    RankSpec,
+    Ready,
+    Run,
+    Stop,
+)
+from ._rank_args import RankOptions, rank_arguments, rank_environment
+from ._reports import failure, merge_reports, passed, unserialize
+
+__all__ = ["Launcher", "PoolError", "RankPool", "sweep_stale"]
+
+_PREFIX = "composable-ranks-"
+_LOCK = "lock"
+_STALE_AFTER = 60.0  # a directory younger than this may still be taking its lock
+_STACK_WAIT = 1.0
+_STOP_WAIT = 10.0
+_LOG_TAIL = 3000
+
+# The reaper: reads its stdin until the main process's end of the pipe closes,
+# then kills the ranks' process groups and removes the pool directory. The main
+# process SIGKILLs it first when it closes a pool itself.
+_REAPER = """\
+import os, shutil, signal, sys
+sys.stdin.buffer.read()
+for pgid in sys.argv[2:]:
+    try:
+        os.killpg(int(pgid), signal.SIGKILL)
+    except OSError:
+        pass
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _tail(path: Path) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return text[-_LOG_TAIL:]
+
+
+def sweep_stale(root: Path | None = None) -> list[Path]:
+    """Remove the pool directories of sessions that died without cleaning up; the removed.
+
+    A directory is stale only when nobody holds its lock (and it is old enough to
+    have taken one): the session that made it has ended, whatever its PID namespace.
+    """
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+        try:
+            if time.time() - path.stat().st_mtime < _STALE_AFTER:
+                continue
+            fd = os.open(path / _LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            fd = -1  # never locked, and old: its session died while making it
+        except OSError:
+            continue
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # locked: a live session
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+@dataclass
+class RankResult:
+    """What one rank said about one test: its reports, or how it failed to give them."""
+
+    reports: list[pytest.TestReport] = field(default_factory=list)
+    problem: str | None = None  # set when the rank crashed, died or did not finish
+
+
+class PoolError(Exception):
+    """The ranks could not be started."""
+
+
+class RankPool:
+    """``world_size`` rank processes on ``device_type``, kept between tests.
+
+    The constructor spawns them; :meth:`start` waits until they joined. On any
+    error or interruption while doing either, everything is killed and removed.
+    """
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        world_size: int,
+        device_type: str,
+        backend: str,
+        pg_timeout: float,
+    ) -> None:
+        self.config = config
+        self.world_size = world_size
+        self.device_type = device_type
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.channels: dict[int, Channel] = {}
+        self.reaper: subprocess.Popen[bytes] | None = None
+        self.last: str | None = None  # the last test the pool ran
+        self.directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
+        self._lock = os.open(self.directory / _LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            for rank in range(world_size):
+                self.procs.append(self._spawn(rank, backend, pg_timeout))
+            self.reaper = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _REAPER,
+                    str(self.directory),
+                    *(str(p.pid) for p in self.procs),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            self.kill()
+            raise
+
+    def log(self, rank: int) -> Path:
+        return self.directory / f"rank{rank}.log"
+
+    def stacks(self, rank: int) -> Path:
+        return self.directory / f"stacks-rank{rank}.txt"
+
+    def _spawn(self, rank: int, backend: str, pg_timeout: float) -> subprocess.Popen[bytes]:
+        ours, theirs = socket.socketpair()
+        try:
+            spec = RankSpec(
+                control_fd=theirs.fileno(),
+                store=str(self.directory / "store"),
+                rank=rank,
+                world_size=self.world_size,
+                device_type=self.device_type,
+                backend=backend,
+                pg_timeout=pg_timeout,
+                parent_pid=os.getpid(),
+                stack_file=str(self.stacks(rank)),
+            )
+            env = rank_environment(
+                os.environ,
+                {
+                    RANK_ENV: spec.to_env(),
+                    "RANK": str(rank),
+                    "LOCAL_RANK": str(rank),
+                    "WORLD_SIZE": str(self.world_size),
+                    "LOCAL_WORLD_SIZE": str(self.world_size),
+                    "PYTHONUNBUFFERED": "1",
+                },
+                self.directory,
+                rank,
+            )
+            args = rank_arguments(_rank_options(self.config), self.directory, rank)
+            with open(self.log(rank), "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "pytest", *args],
+                    cwd=self.config.invocation_params.dir,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    pass_fds=[theirs.fileno()],
+                )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.channels[rank] = Channel(ours)
+        return proc
+
+    def start(self, timeout: float) -> None:
+        """Wait until every rank joined the world and said it is ready."""
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = {channel: rank for rank, channel in self.channels.items()}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late = sorted(waiting.values())
+                raise PoolError(
+                    self._startup_problem(
+                        f"rank(s) {_ranks(late)} not ready after {timeout:g} s (still starting: "
+                        "importing, collecting or joining the process group)",
+                        late,
+                    )
+                )
+            for channel in select.select(list(waiting), [], [], min(left, 0.5))[0]:
+                rank = waiting.pop(channel)
+                message = _receive(channel)
+                if not isinstance(message, Ready):
+                    detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
+                    self.procs[rank].poll()
+                    exit_text = describe_exit(self._wait_exit(rank))
+                    raise PoolError(
+                        self._startup_problem(
+                            f"rank {rank} failed to join the world ({exit_text}){detail}", [rank]
+                        )
+                    )
+
+    def _wait_exit(self, rank: int, seconds: float = 5.0) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.procs[rank].wait(timeout=seconds)
+        return self.procs[rank].poll()
+
+    def _startup_problem(self, what: str, ranks: Iterable[int]) -> str:
+        logs = "\n".join(
+            f"{'_' * 20} rank {r} output {'_' * 20}\n{_tail(self.log(r))}" for r in ranks
+        )
+        return (
+            f"composable: could not start {self.world_size} ranks on {self.device_type}: "
+            f"{what}\n{logs}"
+        )
+
+    def idle_problem(self) -> str | None:
+        """Why the pool cannot run another test: ranks that died since the last one."""
+        dead = [rank for rank, proc in enumerate(self.procs) if proc.poll() is not None]
+        if not dead:
+            return None
+        parts = [
+            f"composable: rank {rank} {describe_exit(self.procs[rank].returncode)} while its "
+            f"pool was idle (after {self.last}); its ranks are restarted for the next test\n"
+            f"{'_' * 20} rank {rank} output (tail) {'_' * 20}\n{_tail(self.log(rank))}"
+            for rank in dead
+        ]
+        return "\n".join(parts)
+
+    def run(
+        self, nodeid: str, next_id: str | None, timeout: float, pg_timeout: float
+    ) -> tuple[dict[int, RankResult], bool]:
+        """Run ``nodeid`` on every rank; the results, and whether the pool is still usable."""
+        self.last = nodeid
+        results = {rank: RankResult() for rank in range(self.world_size)}
+        for rank, channel in self.channels.items():
+            if not channel.send(Run(nodeid, next_id, pg_timeout)):
+                self._died(results, rank, None)
+                return results, False
+        waiting = {channel: rank for rank, channel in self.channels.items()}
+        deadline = time.monotonic() + timeout
+        usable = True
+        while waiting:
+            left = deadline - time.monotonic()
+            readable = select.select(list(waiting), [], [], max(left, 0))[0]
+            if not readable:
+                self._deadline(results, waiting.values(), timeout)
+                return results, False
+            for channel in readable:
+                rank = waiting.pop(channel)
+                message = _receive(channel)
+                if isinstance(message, Done):
+                    results[rank].reports = [unserialize(self.config, d) for d in message.reports]
+                    usable = usable and message.intact
+                elif isinstance(message, Missing):
+                    results[rank].problem = (
+                        f"composable: rank {rank} did not collect {message.nodeid} (does "
+                        "collection depend on the process?)"
+                    )
+                else:
+                    self._died(results, rank, message)
+                    return results, False
+        return results, usable
+
+    def healthy(self, timeout: float) -> bool:
+        """Whether every rank still passes a barrier within ``timeout`` seconds."""
+        if not all(channel.send(Check(timeout)) for channel in self.channels.values()):
+            return False
+        waiting = set(self.channels.values())
+        deadline = time.monotonic() + timeout + 2
+        while waiting:
+            left = max(deadline - time.monotonic(), 0)
+            readable = select.select(list(waiting), [], [], left)[0]
+            if not readable:
+                return False
+            for channel in readable:
+                waiting.discard(channel)
+                if _receive(channel) != Checked(True):
+                    return False
+        return True
+
+    def _died(self, results: dict[int, RankResult], rank: int, message: Message | None) -> None:
+        code = self._wait_exit(rank)
+        if isinstance(message, Crash) and message.phase == "test":
+            how = f"crashed while running the test ({describe_exit(code)}):\n{message.traceback}"
+        elif isinstance(message, Crash):
+            how = f"crashed outside the test ({describe_exit(code)}):\n{message.traceback}"
+        else:
+            how = describe_exit(code)
+        results[rank].problem = (
+            f"composable: rank {rank} {how}\n"
+            f"{'_' * 20} rank {rank} output (tail) {'_' * 20}\n{_tail(self.log(rank))}"
+        )
+        self.kill()
+
+    def stack_dumps(self, late: Iterable[int]) -> str:
+        """Every rank's Python stack, taken now (SIGUSR1 -> faulthandler on the rank)."""
+        late = set(late)
+        offsets = {}
+        for rank, proc in enumerate(self.procs):
+            path = self.stacks(rank)
+            offsets[rank] = path.stat().st_size if path.exists() else 0
+            if proc.poll() is None and hasattr(signal, "SIGUSR1"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(_STACK_WAIT)
+        stacks = []
+        for rank in range(self.world_size):
+            try:
+                with open(self.stacks(rank), errors="replace") as f:
+                    f.seek(offsets[rank])
+                    dump = f.read()
+            except OSError:
+                dump = ""
+            state = "still running" if rank in late else "finished"
+            stacks.append(f"{'_' * 20} rank {rank} ({state}) {'_' * 20}\n{dump or '(no stack)'}")
+        return "\n".join(stacks)
+
+    def _deadline(
+        self, results: dict[int, RankResult], late: Iterable[int], timeout: float
+    ) -> None:
+        late = sorted(late)
+        text = (
+            f"composable: timed out after {timeout:g} s; rank(s) {_ranks(late)} did not "
+            "finish. The ranks are restarted for the next test. Python stacks of every rank:\n"
+            + self.stack_dumps(late)
+        )
+        for rank in late:
+            results[rank].problem = text
+        self.kill()
+
+    def stop(self) -> str | None:
+        """Ask every rank to end its session fixtures and exit, then make sure none is left.
+
+        Returns what went wrong on the ranks while ending the fixtures, if anything.
+        """
+        problems = []
+        for channel in self.channels.values():
+            channel.send(Stop())
+        deadline = time.monotonic() + _STOP_WAIT
+        for rank, channel in self.channels.items():
+            left = max(deadline - time.monotonic(), 0)
+            if not select.select([channel], [], [], left)[0]:
+                problems.append(f"composable: rank {rank} did not end its session in time")
+                continue
+            message = _receive(channel)
+            if isinstance(message, Crash):
+                problems.append(
+                    f"composable: rank {rank}: tearing down fixtures failed:\n{message.traceback}"
+                )
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        self.kill()
+        return "\n".join(problems) or None
+
+    def kill(self) -> None:
+        """SIGKILL every rank's process group, close channels, remove the directory."""
+        if self.reaper is not None:
+            # First, so it never signals a process group whose id was reused.
+            self.reaper.kill()
+            self.reaper.wait()
+            if self.reaper.stdin is not None:
+                self.reaper.stdin.close()
+            self.reaper = None
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for channel in self.channels.values():
+            channel.close()
+        self.channels.clear()
+        if self._lock >= 0:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            os.close(self._lock)
+            self._lock = -1
+
+
+def _receive(channel: Channel) -> Message | None:
+    """The next message; a value outside the protocol counts as the rank gone."""
+    try:
+        return channel.recv()
+    except ProtocolError:
+        return None
+
+
+def _ranks(ranks: Iterable[int]) -> str:
+    return ", ".join(str(r) for r in ranks)
+
+
+def _rank_options(config: pytest.Config) -> RankOptions:
+    plugins = frozenset(
+        name for name, plugin in config.pluginmanager.list_name_plugin() if plugin is not None
+    )
+    return RankOptions(
+        config.invocation_params.args, plugins, config.option, str(config.getini("log_file"))
+    )
+
+
+class Launcher:
+    """The session's rank pools, and running one test on them."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[int, str], RankPool] = {}
+        self.broken: dict[tuple[int, str], str] = {}
+        self.swept = False
+
+    def _pool(self, key: tuple[int, str], timeout: float, pg_timeout: float) -> RankPool:
+        from .world import backend_for
+
+        pool = self.pools.get(key)
+        if pool is None:
+            if key in self.broken:
+                raise PoolError(self.broken[key])
+            if not self.swept:
+                self.swept = True
+                sweep_stale()
+            world_size, device_type = key
+            pool = RankPool(
+                self.config, world_size, device_type, backend_for(device_type), pg_timeout
+            )
+            try:
+                pool.start(max(timeout, MIN_START_TIMEOUT))
+            except PoolError as error:
+                self.broken[key] = str(error)
+                raise
+            self.pools[key] = pool
+        return pool
+
+    def run_item(
+        self,
+        item: pytest.Item,
+        key: tuple[int, str],
+        next_id: str | None,
+        timeout: float,
+        pg_timeout: float,
+    ) -> list[pytest.TestReport]:
+        """The merged reports (setup, call, teardown) of ``item`` run on every rank."""
+        pool = self.pools.get(key)
+        problem = pool.idle_problem() if pool is not None else None
+        if pool is not None and problem is not None:
+            self.discard(key)
+            return [failure(item, "setup", problem), passed(item, "teardown")]
+        start = time.time()
+        try:
+            pool = self._pool(key, timeout, pg_timeout)
+        except PoolError as error:
+            return [failure(item, "setup", str(error)), passed(item, "teardown")]
+        try:
+            results, usable = pool.run(item.nodeid, next_id, timeout, pg_timeout)
+        except Exception as error:
+            # Something in this process interrupted the run (a plugin's timer, say): the
+            # ranks are in an unknown state, so they go, after showing where they were.
+            text = (
+                f"composable: interrupted in the main process: {error!r}; the ranks are "
+                "restarted for the next test. Python stacks of every rank:\n"
+                + pool.stack_dumps(range(key[0]))
+            )
+            self.discard(key)
+            return [passed(item, "setup"), failure(item, "call", text), passed(item, "teardown")]
+        except BaseException:  # Ctrl-C or an aborted session: leave no rank behind
+            self.kill()
+            raise
+        reports = self._merge(item, results, key[0], time.time() - start)
+        if usable and any(r.failed for r in reports):
+            # A failed test may have left a collective behind or a timed-out
+            # connection: keep the ranks only if they still meet at a barrier.
+            usable = pool.healthy(min(pg_timeout, 5.0))
+        if not usable:
+            self.discard(key)
+        return reports
+
+    def _merge(
+        self, item: pytest.Item, results: dict[int, RankResult], world_size: int, took: float
+    ) -> list[pytest.TestReport]:
+        merged = merge_reports(item, {r: res.reports for r, res in results.items()}, world_size)
+        problems = sorted({r.problem for r in results.values() if r.problem})
+        if not problems:
+            return merged
+        texts = list(problems)
+        for rank, result in sorted(results.items()):
+            for report in result.reports:
+                if report.failed:
+                    texts.append(f"{'_' * 30} rank {rank} ({report.when}) {'_' * 30}")
+                    texts.append(report.longreprtext)
+        return [
+            passed(item, "setup"),
+            failure(item, "call", "\n".join(texts), took),
+            passed(item, "teardown"),
+        ]
+
+    def discard(self, key: tuple[int, str]) -> None:
+        pool = self.pools.pop(key, None)
+        if pool is not None:
+            pool.kill()
+
+    def finish(self, key: tuple[int, str]) -> str | None:
+        """Close the pool of ``key`` (no test needs it any more); teardown errors, if any."""
+        pool = self.pools.pop(key, None)
+        return None if pool is None else pool.stop()
+
+    def kill(self) -> None:
+        pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            pool.kill()
+
+    def close(self) -> list[str]:
+        """Close every pool; what went wrong ending the ranks' fixtures."""
+        problems = []
+        for key in list(self.pools):
+            problem = self.finish(key)
+            if problem is not None:
+                problems.append(problem)
+        return problems

@@ -1,0 +1,197 @@
+"""The one protocol between the main pytest process and its ranks (torch-free).
+
+Everything that crosses the boundary is defined here, as typed values:
+
+* :class:`RankSpec` travels once, main -> rank, in the environment variable
+  :data:`RANK_ENV` (JSON): how the rank joins its world and reaches the main
+  process.
+* Messages travel over one ``AF_UNIX`` socket pair per rank (no path, no port), each a
+  length-prefixed pickle of one of the dataclasses below, written and read
+  only by :class:`Channel`. A value that is not one of them is a protocol
+  error, never guessed at.
+
+Main -> rank: :class:`Run`, :class:`Check`, :class:`Stop`.
+Rank -> main: :class:`Ready`, :class:`Done`, :class:`Missing`, :class:`Checked`,
+:class:`Crash`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._constants import RANK_ENV
+
+__all__ = [
+    "Channel",
+    "Check",
+    "Checked",
+    "Crash",
+    "Done",
+    "Message",
+    "Missing",
+    "ProtocolError",
+    "RankSpec",
+    "Ready",
+    "Run",
+    "Stop",
+    "spec_from_env",
+]
+
+
+@dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank process needs to join its world and reach the main process."""
+
+    control_fd: int  # this rank's end of a socket pair with the main process (inherited)
+    store: str  # FileStore path
+    rank: int
+    world_size: int
+    device_type: str
+    backend: str
+    pg_timeout: float
+    parent_pid: int
+    stack_file: str
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def spec_from_env() -> RankSpec | None:
+    """This process's :class:`RankSpec` (removed from the environment so subprocesses
+    of the tests do not inherit it), or ``None`` outside a rank."""
+    raw = os.environ.pop(RANK_ENV, None)
+    return None if raw is None else RankSpec(**json.loads(raw))
+
+
+# Main -> rank.
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run ``nodeid`` with pytest's protocol; ``next_id`` is the pool's next test (or none),
+    so fixtures are torn down as they would be in one session. ``pg_timeout``: the process
+    group's timeout for this test (seconds)."""
+
+    nodeid: str
+    next_id: str | None
+    pg_timeout: float
+
+
+@dataclass(frozen=True)
+class Check:
+    """Meet the other ranks at a barrier within ``timeout`` seconds."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Tear down what is still set up (session fixtures), reply, leave the world and exit.
+    The reply is :class:`Done` with no reports, or :class:`Crash` (phase ``"teardown"``)."""
+
+
+# Rank -> main.
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The rank joined the world."""
+
+    rank: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Done:
+    """The serialized reports of one :class:`Run` (none after a :class:`Stop`); ``intact``:
+    the default process group is still the one the rank joined (a test may destroy it)."""
+
+    reports: list[dict[str, Any]]
+    intact: bool
+
+
+@dataclass(frozen=True)
+class Missing:
+    """The rank did not collect the test it was asked to run."""
+
+    nodeid: str
+
+
+@dataclass(frozen=True)
+class Checked:
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Crash:
+    """The rank is about to exit: ``traceback`` says why. ``phase`` is where it happened:
+    ``"join"`` (joining the world), ``"test"`` (inside a test's protocol), ``"teardown"``
+    (ending the session's fixtures at :class:`Stop`) or ``"serve"``."""
+
+    traceback: str
+    phase: str
+
+
+Message = Run | Check | Stop | Ready | Done | Missing | Checked | Crash
+_MESSAGES = (Run, Check, Stop, Ready, Done, Missing, Checked, Crash)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a message of this protocol."""
+
+
+_HEADER = struct.Struct("!Q")
+
+
+class Channel:
+    """One end of the control connection; the only code that encodes or decodes messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: Message) -> bool:
+        """Send ``message``; ``False`` if the peer has gone (its end is closed)."""
+        payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+        except OSError:  # BrokenPipeError, ConnectionResetError: the peer died
+            return False
+        return True
+
+    def _exactly(self, size: int) -> bytes | None:
+        chunks = []
+        while size:
+            chunk = self.sock.recv(min(size, 1 << 20))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def recv(self) -> Message | None:
+        """The next message, or ``None`` when the peer has gone (EOF or reset)."""
+        try:
+            header = self._exactly(_HEADER.size)
+            if header is None:
+                return None
+            payload = self._exactly(_HEADER.unpack(header)[0])
+        except OSError:
+            return None
+        if payload is None:
+            return None
+        message = pickle.loads(payload)
+        if not isinstance(message, _MESSAGES):
+            raise ProtocolError(f"not a composable message: {type(message).__name__}")
+        return message
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,284 @@
+"""The rank side: a pytest session per rank that runs distributed items in lockstep.
+
+The main process (:mod:`._pool`) starts each rank as ``python -m pytest <the
+session's own arguments>`` with :data:`~._constants.RANK_ENV` holding its
+:class:`~._protocol.RankSpec`. The rank collects the same tests, joins the
+process group once (a ``FileStore`` in the pool's private directory: no port
+is ever chosen), then runs the items the main process names, one at a time,
+with pytest's own ``runtestprotocol``, and sends the reports back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime
+import faulthandler
+import inspect
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Generator
+from typing import IO, Any, NoReturn
+
+import pytest
+
+from ._constants import WORLD_FIXTURE
+from ._protocol import (
+    Channel,
+    Check,
+    Checked,
+    Crash,
+    Done,
+    Missing,
+    RankSpec,
+    Ready,
+    Run,
+    Stop,
+)
+from ._reports import serialize
+from .world import RankContext, forget_meshes
+
+__all__ = [
+    "InterruptFails",
+    "RankDevices",
+    "RankInterrupt",
+    "context",
+    "install_stack_dump",
+    "serve",
+    "watch_parent",
+]
+
+_PR_SET_PDEATHSIG = 1
+
+_context: RankContext | None = None
+_stack_file: IO[str] | None = None
+
+
+class RankInterrupt(Exception):
+    """A ``KeyboardInterrupt`` raised inside a test on a rank, turned into that test's failure
+    (on a rank, nobody pressed Ctrl-C: the rank runs in its own session)."""
+
+
+def context() -> RankContext | None:
+    """The world this rank joined, once :func:`serve` has joined it."""
+    return _context
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Die with the main process, even when it is killed with SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def install_stack_dump(path: str) -> None:
+    """On SIGUSR1, write every thread's Python stack to ``path`` (used at a deadline)."""
+    global _stack_file
+    if hasattr(signal, "SIGUSR1"):
+        _stack_file = open(path, "a")  # noqa: SIM115 - kept open for the signal handler
+        faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True)
+
+
+def _join(spec: RankSpec) -> RankContext:
+    import torch
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import FileStore
+
+    if spec.device_type == "cuda":
+        torch.cuda.set_device(spec.rank)
+    store = FileStore(spec.store, spec.world_size)
+    dist.init_process_group(
+        spec.backend,
+        store=store,
+        rank=spec.rank,
+        world_size=spec.world_size,
+        timeout=datetime.timedelta(seconds=spec.pg_timeout),
+    )
+    return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, group=dist.group.WORLD)
+
+
+def _intact(context: RankContext) -> bool:
+    """Whether the default process group is still the one this rank joined (a test may
+    have destroyed it, or replaced it with its own)."""
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.group.WORLD is context.group
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    forget_meshes()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+_current_pg_timeout: float | None = None
+
+
+def _set_pg_timeout(seconds: float) -> None:
+    """Give the process group the timeout of the test about to run."""
+    global _current_pg_timeout
+    if seconds == _current_pg_timeout:
+        return
+    from torch.distributed import distributed_c10d
+
+    distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=seconds))
+    _current_pg_timeout = seconds
+
+
+def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Done | Missing:
+    from _pytest.runner import runtestprotocol
+
+    item = items.get(run.nodeid)
+    if item is None:
+        return Missing(run.nodeid)
+    _set_pg_timeout(run.pg_timeout)
+    # The main process names the next test of the session, as pytest's own loop
+    # would, so fixtures the next test does not share end with this one.
+    nextitem = items.get(run.next_id) if run.next_id is not None else None
+    reports = runtestprotocol(item, nextitem=nextitem, log=False)
+    assert _context is not None
+    return Done([serialize(session.config, r) for r in reports], intact=_intact(_context))
+
+
+def _healthy(timeout: float) -> bool:
+    """Whether every rank meets at a barrier within ``timeout`` seconds.
+
+    ``dist.barrier(timeout=...)`` is recent; on an older torch an ``all_reduce``
+    whose work is waited on with a timeout does the same.
+    """
+    import torch
+    import torch.distributed as dist
+
+    delta = datetime.timedelta(seconds=timeout)
+    try:
+        if "timeout" in inspect.signature(dist.barrier).parameters:
+            dist.barrier(timeout=delta)
+        else:  # pragma: no cover - torch < 2.7
+            device = "cuda" if _context is not None and _context.backend == "nccl" else "cpu"
+            work = dist.all_reduce(torch.zeros(1, device=device), async_op=True)
+            assert work is not None
+            work.wait(timeout=delta)
+    except Exception:
+        return False
+    return True
+
+
+def _finish(session: pytest.Session) -> str | None:
+    """End what is still set up (session fixtures); the error text if that failed."""
+    try:
+        session._setupstate.teardown_exact(None)
+    except Exception:
+        return traceback.format_exc()
+    return None
+
+
+def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
+    """Join the world, then run what the main process asks for until it says stop."""
+    global _context
+    channel = Channel(socket.socket(fileno=control_fd))
+    try:
+        _context = _join(spec)
+    except Exception:
+        channel.send(Crash(traceback.format_exc(), "join"))
+        _exit(1)
+    channel.send(Ready(spec.rank, os.getpid()))
+    items = {item.nodeid: item for item in session.items}
+    while True:
+        message = channel.recv()
+        if message is None:
+            break
+        if isinstance(message, Stop):
+            error = _finish(session)
+            channel.send(Crash(error, "teardown") if error else Done([], intact=True))
+            break
+        if isinstance(message, Check):
+            channel.send(Checked(_healthy(message.timeout)))
+            continue
+        if not isinstance(message, Run):
+            channel.send(Crash(f"unexpected message {message!r}", "serve"))
+            _exit(3)
+        try:
+            reply = _run(session, items, message)
+        except BaseException:
+            channel.send(Crash(traceback.format_exc(), "test"))
+            _exit(3)
+        channel.send(reply)
+    with contextlib.suppress(Exception):
+        _leave()
+    _context = None
+    # Exit at once, without pytest's session finish (nothing of a rank's session is
+    # reported) or interpreter teardown: the main process waits for this exit.
+    _exit(0)
+
+
+def _exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+class RankDevices:
+    """On a rank (plugin-launched or torchrun-launched), the test's accelerator is the
+    rank's own: ``cuda:<local rank>``. Registered only there, so no other session pays
+    for a wrapper around every fixture setup."""
+
+    def __init__(self, world_context: Callable[[pytest.Config], RankContext | None]) -> None:
+        self._world_context = world_context
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Any:
+        result = yield
+        context = self._world_context(request.config)
+        if (
+            context is not None
+            and fixturedef.argname == "composable_device"
+            and WORLD_FIXTURE in request.fixturenames
+            and getattr(result, "type", "cpu") not in ("cpu", "meta")
+        ):
+            import torch
+
+            result = torch.device(result.type, context.local_rank)
+            if fixturedef.cached_result is not None:
+                fixturedef.cached_result = (result, fixturedef.cached_result[1], None)
+        return result
+
+
+class InterruptFails:
+    """On a plugin-launched rank, a ``KeyboardInterrupt`` raised by a test fails that test
+    (:class:`RankInterrupt`): nobody can press Ctrl-C there (the rank has its own session),
+    and letting it through would end the rank outside any test's report."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        return (yield from _interrupt_fails())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        return (yield from _interrupt_fails())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        return (yield from _interrupt_fails())
+
+
+def _interrupt_fails() -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    try:
+        return (yield)
+    except KeyboardInterrupt as error:
+        raise RankInterrupt("KeyboardInterrupt raised inside the test on this rank") from error

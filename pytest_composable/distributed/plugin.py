@@ -1,0 +1,385 @@
+"""Distributed worlds for pytest: hooks and fixtures (registered as ``composable.distributed``).
+
+* ``composable_fake_world``: the default process group on torch's fake backend,
+  in the test's own process.
+* ``composable_world``: the test runs on ``world_size`` real ranks. Under plain
+  ``pytest`` the plugin starts the ranks itself and keeps them between tests
+  (:mod:`._pool`, :mod:`._rank`); under ``torchrun ... -m pytest`` each rank's
+  session joins the launched world (:mod:`._torchrun`).
+
+The hooks here stay thin; what they decide comes from :mod:`._policy` and
+:mod:`._options`. Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..marker import MarkerError
+from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
+from ._options import SETTINGS_KEY, add_options, read_settings
+from ._policy import (
+    PoolKey,
+    device_type_of,
+    pg_timeout_for,
+    pool_key,
+    rank_of,
+    sizes_of,
+    timeout_of,
+    world_size_of,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._pool import Launcher
+    from ._protocol import RankSpec  # noqa: F401 - named in a StashKey string
+    from ._torchrun import TorchrunSession  # noqa: F401 - named in a StashKey string
+    from .world import RankContext, World
+
+__all__ = ["composable_fake_world", "composable_world"]
+
+_RANK_SPEC = pytest.StashKey["RankSpec"]()
+_LAUNCHER = pytest.StashKey["Launcher"]()
+_TORCHRUN = pytest.StashKey["TorchrunSession"]()
+_REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
+_SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
+_TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def _in_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[SETTINGS_KEY] = read_settings(config)
+    # Only a rank process or a torchrun-launched session sets anything up here;
+    # a plain session starts its rank pools on the first distributed test.
+    if RANK_ENV in os.environ:
+        from . import _rank
+        from ._protocol import spec_from_env
+
+        spec = spec_from_env()
+        assert spec is not None
+        config.stash[_RANK_SPEC] = spec
+        _rank.watch_parent(spec.parent_pid)
+        _rank.install_stack_dump(spec.stack_file)
+        config.pluginmanager.register(_rank.RankDevices(_world_context), "composable.rank_devices")
+        config.pluginmanager.register(_rank.InterruptFails(), "composable.rank_interrupts")
+    elif _in_torchrun():
+        from ._rank import RankDevices
+        from ._torchrun import TorchrunSession
+
+        config.stash[_TORCHRUN] = TorchrunSession(config)
+        config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
+
+
+def _launcher(config: pytest.Config) -> Launcher:
+    launcher = config.stash.get(_LAUNCHER, None)
+    if launcher is None:
+        from ._pool import Launcher
+
+        launcher = config.stash[_LAUNCHER] = Launcher(config)
+    return launcher
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    torchrun = session.config.stash.get(_TORCHRUN, None)
+    if torchrun is not None:
+        torchrun.silence()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    launcher = session.config.stash.get(_LAUNCHER, None)
+    if launcher is None:
+        return
+    problems = launcher.close()
+    if problems:
+        _report_problems(session, problems)
+
+
+def _report_problems(session: pytest.Session, problems: list[str]) -> None:
+    """Errors the ranks hit after their last test (ending session fixtures): shown, and the
+    session fails."""
+    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_sep("!", "composable: errors on the ranks after their last test")
+        for problem in problems:
+            terminal.write_line(problem)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    torchrun = config.stash.get(_TORCHRUN, None)
+    if torchrun is not None:
+        torchrun.leave()
+    launcher = config.stash.get(_LAUNCHER, None)
+    if launcher is not None:
+        launcher.kill()  # what pytest_sessionfinish did not reach (an aborted session)
+
+
+def _is_rank(config: pytest.Config) -> bool:
+    return _RANK_SPEC in config.stash
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted = [f for f in (WORLD_FIXTURE, FAKE_FIXTURE) if f in metafunc.fixturenames]
+    if not wanted:
+        return
+    if len(wanted) > 1:
+        pytest.fail(
+            f"{metafunc.definition.nodeid}: a test uses either {WORLD_FIXTURE} or "
+            f"{FAKE_FIXTURE}, not both",
+            pytrace=False,
+        )
+    try:
+        sizes = sizes_of(metafunc.definition, metafunc.config)
+    except MarkerError as error:
+        pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+    if len(sizes) > 1:
+        unique = list(dict.fromkeys(sizes))
+        metafunc.parametrize(wanted[0], unique, ids=[f"ws{n}" for n in unique], indirect=True)
+
+
+def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
+    from ..state import state_of
+
+    world_size = world_size_of(item)
+    device_type = device_type_of(item)
+    if device_type == "meta":
+        return "composable: a real world needs a device with a process-group backend; meta has none"
+    if device_type != "cpu":
+        count = sum(d.type == device_type for d in state_of(config).available)
+        if count < world_size:
+            return (
+                f"composable: world size {world_size} needs {world_size} {device_type} devices; "
+                f"this machine has {count}"
+            )
+    torchrun = config.stash.get(_TORCHRUN, None)
+    if torchrun is not None and world_size != torchrun.world_size:
+        return (
+            f"composable: needs world size {world_size}; torchrun launched "
+            f"{torchrun.world_size} ranks"
+        )
+    return None
+
+
+def _skip(item: pytest.Item, reason: str) -> None:
+    item.stash[_SKIP] = reason
+    item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> Iterator[None]:
+    collected = list(items)
+    yield
+    if _is_rank(config):
+        # A rank runs what the main process names: keep every collected item,
+        # whatever -k, -m, --lf and other plugins deselected.
+        items[:] = collected
+        return
+    torchrun = config.stash.get(_TORCHRUN, None)
+    for item in items:
+        if _uses_world(item):
+            reason = _skip_reason(item, config)
+            if reason is not None:
+                _skip(item, reason)
+        elif torchrun is not None:
+            reason = torchrun.skip_reason(item, FAKE_FIXTURE in _fixturenames(item))
+            if reason is not None:
+                _skip(item, reason)
+
+
+def _fixturenames(item: pytest.Item) -> list[str]:
+    names: list[str] = getattr(item, "fixturenames", [])
+    return names
+
+
+def _uses_world(item: pytest.Item) -> bool:
+    return WORLD_FIXTURE in _fixturenames(item)
+
+
+def _runs_on_ranks(item: pytest.Item) -> bool:
+    """A world test the plugin runs on its ranks (not skipped here)."""
+    return _uses_world(item) and _SKIP not in item.stash
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, object]:
+    spec = session.config.stash.get(_RANK_SPEC, None)
+    if spec is not None:
+        from ._rank import serve
+
+        serve(session, spec, spec.control_fd)
+        return True
+    session.config.stash[_REMAINING] = _remaining(session)
+    result: object = yield
+    return result
+
+
+def _remaining(session: pytest.Session) -> dict[PoolKey, int] | None:
+    """How many tests each rank pool will run, so a pool closes after its last one.
+
+    ``None`` under pytest-xdist: a worker is handed its tests one by one, so only
+    pytest's ``nextitem`` (``None`` at the worker's last test) tells the end.
+    """
+    if hasattr(session.config, "workerinput"):
+        return None
+    counts: dict[PoolKey, int] = {}
+    for item in session.items:
+        if _runs_on_ranks(item):
+            key = pool_key(item)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    config = item.config
+    if not _runs_on_ranks(item):
+        return None
+    torchrun = config.stash.get(_TORCHRUN, None)
+    if torchrun is not None:
+        return bool(torchrun.run_item(item, nextitem))
+    if _is_rank(config):
+        return None
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    for report in _run_on_ranks(item, nextitem):
+        item.ihook.pytest_runtest_logreport(report=report)
+    _tear_down_towards(item, nextitem)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
+def _run_on_ranks(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.TestReport]:
+    """Run ``item`` on its pool; close the pool if it was the pool's last test."""
+    config = item.config
+    launcher = _launcher(config)
+    key = pool_key(item)
+    remaining = config.stash.get(_REMAINING, None)
+    last = nextitem is None
+    if remaining is not None:
+        remaining[key] = remaining.get(key, 1) - 1
+        last = last or remaining[key] <= 0
+    timeout = timeout_of(item)
+    timer = item.stash.get(_TIMER, None)
+    if timer is not None:
+        timeout = min(timeout, timer)
+    next_id = None if last or nextitem is None else nextitem.nodeid
+    reports = launcher.run_item(item, key, next_id, timeout, pg_timeout_for(timeout))
+    if last:
+        problem = launcher.finish(key)
+        if problem is not None:
+            from ._reports import failure
+
+            reports.append(failure(item, "teardown", problem))
+    return reports
+
+
+def _tear_down_towards(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """What this process set up for earlier tests and ``nextitem`` does not share is torn
+    down now, as pytest's own protocol does at the end of every test."""
+    try:
+        item.session._setupstate.teardown_exact(nextitem)
+    except Exception as error:
+        from ._reports import failure
+
+        report = failure(
+            item, "teardown", f"composable: tearing down towards the next test: {error!r}"
+        )
+        item.ihook.pytest_runtest_logreport(report=report)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """pytest-timeout: a world test's timer is this plugin's deadline instead.
+
+    In the main process the test's deadline becomes the smaller of the two, and
+    when it passes the ranks' stacks are shown and only this test fails (a
+    pytest-timeout timer would interrupt, or with its thread method end, the
+    whole session). On a rank, the main process's deadline covers the test.
+    """
+    if not _uses_world(item) or item.config.stash.get(_TORCHRUN, None) is not None:
+        return None
+    if not _is_rank(item.config):
+        item.stash[_TIMER] = float(settings.timeout)
+    return True
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
+    if not _uses_world(item) or item.config.stash.get(_TORCHRUN, None) is not None:
+        return None
+    return True
+
+
+def _world_context(config: pytest.Config) -> RankContext | None:
+    if _is_rank(config):
+        from ._rank import context
+
+        return context()
+    torchrun = config.stash.get(_TORCHRUN, None)
+    return None if torchrun is None else torchrun.context
+
+
+@pytest.fixture
+def composable_world(request: pytest.FixtureRequest, composable_device: torch.device) -> World:
+    """This rank's :class:`~pytest_composable.World` (rank, world size, local rank,
+    device, backend, a 1-D ``DeviceMesh``); the test body runs on every rank.
+
+    World size: ``@pytest.mark.composable(world_size=N)`` (a list parametrizes,
+    ids ``ws2``, ``ws4``) > ``--composable-world-size`` >
+    ``PYTEST_COMPOSABLE_WORLD_SIZE`` > ini ``composable_world_size`` > 2.
+    Backend: gloo on cpu, nccl on cuda (``cuda:<local rank>``). Deadline:
+    ``composable(timeout=...)`` > ``--composable-timeout`` >
+    ``PYTEST_COMPOSABLE_TIMEOUT`` > ini ``composable_timeout`` > 120 s (and
+    pytest-timeout's, if smaller); the process group's timeout follows it.
+    """
+    from .world import make_world
+
+    context = _world_context(request.config)
+    if context is None:
+        pytest.fail(
+            "composable: composable_world runs on the ranks the plugin launches; this "
+            "process is not one (is the plugin's runtest protocol disabled?)",
+            pytrace=False,
+        )
+    return make_world(context, composable_device)
+
+
+@pytest.fixture
+def composable_fake_world(
+    request: pytest.FixtureRequest, composable_device: torch.device
+) -> Iterator[World]:
+    """A fake world in this process: the default process group on torch's ``fake`` backend,
+    as rank 0 (or the marker's ``rank=``) of ``world_size`` (as for ``composable_world``),
+    with a 1-D ``DeviceMesh`` on the test's device type; destroyed after the test.
+    Collectives move no data."""
+    from ._fake import fake_world
+    from .world import WorldError
+
+    world_size = int(getattr(request, "param", 0)) or sizes_of(request.node, request.config)[0]
+    context = fake_world(world_size, rank_of(request.node), composable_device)
+    try:
+        world = context.__enter__()
+    except WorldError as error:
+        pytest.fail(str(error), pytrace=False)
+    try:
+        yield world
+    finally:
+        context.__exit__(None, None, None)
