@@ -14,8 +14,8 @@ from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_mo
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from pytest_composable.models import UnitModule
 from pytest_composable import World
+from pytest_composable.models import UnitModule
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=8)
 

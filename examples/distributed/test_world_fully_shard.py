@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
-from pytest_composable.models import UnitModule
 from pytest_composable import World
+from pytest_composable.models import UnitModule
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
 

@@ -22,8 +22,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import fully_shard
 
-from pytest_composable.models import CompositeModel
 from pytest_composable import World
+from pytest_composable.models import CompositeModel
 
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
 
