@@ -7,6 +7,8 @@ Most tests run pytest in a temporary directory (``-p pytester`` comes from
 from __future__ import annotations
 
 import re
+import time
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +84,29 @@ def assert_clear_error(result: pytest.RunResult, *stdout_patterns: str) -> None:
     result.stdout.fnmatch_lines(list(stdout_patterns))
     assert result.parseoutcomes().get("passed", 0) == 0
     assert_no_plugin_frames(result)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def assert_gone(pids: list[int], within: float = 10.0) -> None:
+    """Every process of ``pids`` ends within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in pids if _running(pid)], "processes left running"
+
+
+def assert_no_pool_directory(temp: Path, within: float = 10.0) -> None:
+    """No rank-pool directory is left in ``temp`` (after ``within`` seconds at most)."""
+    deadline = time.monotonic() + within
+    while list(temp.glob("composable-ranks-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list(temp.glob("composable-ranks-*"))

@@ -53,6 +53,7 @@ from ._protocol import (
     Checked,
     Crash,
     Done,
+    Joining,
     Message,
     Missing,
     ProtocolError,
@@ -71,6 +72,7 @@ _LOCK = "lock"
 _STALE_AFTER = 60.0  # a directory younger than this may still be taking its lock
 _STACK_WAIT = 1.0
 _STOP_WAIT = 10.0
+_JOIN_GRACE = 5.0
 _LOG_TAIL = 3000
 
 # The reaper: reads its stdin until the main process's end of the pipe closes,
@@ -161,7 +163,7 @@ class RankPool:
         world_size: int,
         device_type: str,
         backend: str,
-        pg_timeout: float,
+        join_timeout: float,
     ) -> None:
         self.config = config
         self.world_size = world_size
@@ -175,7 +177,7 @@ class RankPool:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             for rank in range(world_size):
-                self.procs.append(self._spawn(rank, backend, pg_timeout))
+                self.procs.append(self._spawn(rank, backend, join_timeout))
             self.reaper = subprocess.Popen(
                 [
                     sys.executable,
@@ -201,7 +203,7 @@ class RankPool:
     def stacks(self, rank: int) -> Path:
         return self.directory / f"stacks-rank{rank}.txt"
 
-    def _spawn(self, rank: int, backend: str, pg_timeout: float) -> subprocess.Popen[bytes]:
+    def _spawn(self, rank: int, backend: str, join_timeout: float) -> subprocess.Popen[bytes]:
         ours, theirs = socket.socketpair()
         try:
             spec = RankSpec(
@@ -211,7 +213,7 @@ class RankPool:
                 world_size=self.world_size,
                 device_type=self.device_type,
                 backend=backend,
-                pg_timeout=pg_timeout,
+                join_timeout=join_timeout,
                 parent_pid=os.getpid(),
                 stack_file=str(self.stacks(rank)),
             )
@@ -259,27 +261,33 @@ class RankPool:
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         waiting = {channel: rank for rank, channel in self.channels.items()}
+        joining: set[int] = set()
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
-                late = sorted(waiting.values())
-                raise PoolError(
-                    self._startup_problem(
-                        f"rank(s) {_ranks(late)} not ready after {timeout:g} s (still starting: "
-                        "importing, collecting or joining the process group)",
-                        late,
-                    )
-                )
+                late = sorted(set(waiting.values()) - joining)
+                met = sorted(set(waiting.values()) & joining)
+                what = f"rank(s) {_ranks(late)} not ready after {timeout:g} s: still starting "
+                what += "(importing, collecting)" if late else "joining the process group"
+                if late and met:
+                    what += f"; rank(s) {_ranks(met)} waiting for them in the rendezvous"
+                raise PoolError(self._startup_problem(what, late or met))
             for channel in select.select(list(waiting), [], [], min(left, 0.5))[0]:
-                rank = waiting.pop(channel)
+                rank = waiting[channel]
                 message = _receive(channel)
+                if isinstance(message, Joining):
+                    joining.add(rank)
+                    continue
+                del waiting[channel]
                 if not isinstance(message, Ready):
                     detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
-                    self.procs[rank].poll()
                     exit_text = describe_exit(self._wait_exit(rank))
+                    late = sorted(waiting.values())
+                    also = f"; rank(s) {_ranks(late)} had not joined yet" if late else ""
                     raise PoolError(
                         self._startup_problem(
-                            f"rank {rank} failed to join the world ({exit_text}){detail}", [rank]
+                            f"rank {rank} failed to join the world ({exit_text}){also}{detail}",
+                            [rank, *late],
                         )
                     )
 
@@ -492,7 +500,7 @@ class Launcher:
         self.broken: dict[tuple[int, str], str] = {}
         self.swept = False
 
-    def _pool(self, key: tuple[int, str], timeout: float, pg_timeout: float) -> RankPool:
+    def _pool(self, key: tuple[int, str], timeout: float) -> RankPool:
         from .world import backend_for
 
         pool = self.pools.get(key)
@@ -503,11 +511,19 @@ class Launcher:
                 self.swept = True
                 sweep_stale()
             world_size, device_type = key
+            start_timeout = max(timeout, MIN_START_TIMEOUT)
+            # The ranks wait for each other a little longer than this process waits for
+            # them, so that a rank that never arrives is named here, not a rendezvous
+            # timeout on the ranks that did.
             pool = RankPool(
-                self.config, world_size, device_type, backend_for(device_type), pg_timeout
+                self.config,
+                world_size,
+                device_type,
+                backend_for(device_type),
+                start_timeout + _JOIN_GRACE,
             )
             try:
-                pool.start(max(timeout, MIN_START_TIMEOUT))
+                pool.start(start_timeout)
             except PoolError as error:
                 self.broken[key] = str(error)
                 raise
@@ -530,7 +546,7 @@ class Launcher:
             return [failure(item, "setup", problem), passed(item, "teardown")]
         start = time.time()
         try:
-            pool = self._pool(key, timeout, pg_timeout)
+            pool = self._pool(key, timeout)
         except PoolError as error:
             return [failure(item, "setup", str(error)), passed(item, "teardown")]
         try:

@@ -11,7 +11,7 @@ Everything that crosses the boundary is defined here, as typed values:
   error, never guessed at.
 
 Main -> rank: :class:`Run`, :class:`Check`, :class:`Stop`.
-Rank -> main: :class:`Ready`, :class:`Done`, :class:`Missing`, :class:`Checked`,
+Rank -> main: :class:`Joining`, :class:`Ready`, :class:`Done`, :class:`Missing`, :class:`Checked`,
 :class:`Crash`.
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "Checked",
     "Crash",
     "Done",
+    "Joining",
     "Message",
     "Missing",
     "ProtocolError",
@@ -54,7 +55,7 @@ class RankSpec:
     world_size: int
     device_type: str
     backend: str
-    pg_timeout: float
+    join_timeout: float  # for the rendezvous; each Run then sets the test's own timeout
     parent_pid: int
     stack_file: str
 
@@ -100,6 +101,13 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Joining:
+    """The rank has collected its tests and is entering the rendezvous."""
+
+    rank: int
+
+
+@dataclass(frozen=True)
 class Ready:
     """The rank joined the world."""
 
@@ -138,8 +146,8 @@ class Crash:
     phase: str
 
 
-Message = Run | Check | Stop | Ready | Done | Missing | Checked | Crash
-_MESSAGES = (Run, Check, Stop, Ready, Done, Missing, Checked, Crash)
+Message = Run | Check | Stop | Joining | Ready | Done | Missing | Checked | Crash
+_MESSAGES = (Run, Check, Stop, Joining, Ready, Done, Missing, Checked, Crash)
 
 
 class ProtocolError(Exception):

@@ -32,6 +32,7 @@ from ._protocol import (
     Checked,
     Crash,
     Done,
+    Joining,
     Missing,
     RankSpec,
     Ready,
@@ -100,7 +101,7 @@ def _join(spec: RankSpec) -> RankContext:
         store=store,
         rank=spec.rank,
         world_size=spec.world_size,
-        timeout=datetime.timedelta(seconds=spec.pg_timeout),
+        timeout=datetime.timedelta(seconds=spec.join_timeout),
     )
     return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, group=dist.group.WORLD)
 
@@ -186,6 +187,7 @@ def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
     """Join the world, then run what the main process asks for until it says stop."""
     global _context
     channel = Channel(socket.socket(fileno=control_fd))
+    channel.send(Joining(spec.rank))
     try:
         _context = _join(spec)
     except Exception:
