@@ -230,6 +230,7 @@ class RankPool:
                 self.directory,
                 rank,
             )
+            (self.directory / f"rank{rank}").mkdir()
             args = rank_arguments(_rank_options(self.config), self.directory, rank)
             with open(self.log(rank), "wb") as log:
                 proc = subprocess.Popen(

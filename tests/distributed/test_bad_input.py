@@ -1,0 +1,119 @@
+"""Bad distributed settings are usage errors (exit 4, the source and value named, no
+traceback); bad markers are collection errors naming the test."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed  # noqa: F401 - imported once here: in-process pytester runs use it
+
+from tests.helpers import assert_no_plugin_frames, assert_usage_error, output_of
+
+WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--composable-world-size=0"],
+            "*--composable-world-size: world size 0 is outside 1..1024",
+        ),
+        (
+            ["--composable-world-size=-2"],
+            "*--composable-world-size: world size '-2' is not a whole*",
+        ),
+        (["--composable-world-size=1025"], "*world size 1025 is outside 1..1024"),
+        (["--composable-world-size=two"], "*world size 'two' is not a whole number"),
+        (["--composable-timeout=0"], "*--composable-timeout: timeout '0' is not a finite number*"),
+        (["--composable-timeout=-1"], "*timeout '-1' is not a finite number of seconds > 0"),
+        (["--composable-timeout=nan"], "*timeout 'nan' is not a finite number of seconds > 0"),
+        (["--composable-timeout=inf"], "*timeout 'inf' is not a finite number of seconds > 0"),
+        (["--composable-timeout=soon"], "*timeout 'soon' is not a number of seconds"),
+    ],
+)
+def test_bad_options(pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    pytester.makepyfile(WORLD_TEST)
+    assert_usage_error(pytester.runpytest(*args), f"ERROR: composable: {message}")
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("env-world-size", "*PYTEST_COMPOSABLE_WORLD_SIZE: world size 0 is outside 1..1024"),
+        ("ini-world-size", "*composable_world_size ini setting: world size 0 is outside*"),
+        ("env-timeout", "*PYTEST_COMPOSABLE_TIMEOUT: timeout 'nan' is not a finite number*"),
+        ("ini-timeout", "*composable_timeout ini setting: timeout 'inf' is not a finite*"),
+    ],
+)
+def test_bad_env_and_ini(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, message: str
+) -> None:
+    pytester.makepyfile(WORLD_TEST)
+    if source == "env-world-size":
+        monkeypatch.setenv("PYTEST_COMPOSABLE_WORLD_SIZE", "0")
+    elif source == "env-timeout":
+        monkeypatch.setenv("PYTEST_COMPOSABLE_TIMEOUT", "nan")
+    elif source == "ini-world-size":
+        pytester.makeini("[pytest]\ncomposable_world_size = 0\n")
+    else:
+        pytester.makeini("[pytest]\ncomposable_timeout = inf\n")
+    assert_usage_error(pytester.runpytest(), f"ERROR: composable: {message}")
+
+
+def test_precedence_cli_env_ini(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Command line > environment > ini > default, for the world size (and so the timeout,
+    which is read by the same code)."""
+    pytester.makeini("[pytest]\ncomposable_world_size = 3\n")
+    pytester.makepyfile(
+        """
+        import os
+
+        def test_x(composable_fake_world):
+            assert composable_fake_world.world_size == int(os.environ["EXPECTED"])
+        """
+    )
+    monkeypatch.setenv("EXPECTED", "3")
+    pytester.runpytest("--composable-device=cpu").assert_outcomes(passed=1)
+    monkeypatch.setenv("PYTEST_COMPOSABLE_WORLD_SIZE", "5")
+    monkeypatch.setenv("EXPECTED", "5")
+    pytester.runpytest("--composable-device=cpu").assert_outcomes(passed=1)
+    monkeypatch.setenv("EXPECTED", "7")
+    pytester.runpytest("--composable-device=cpu", "--composable-world-size=7").assert_outcomes(
+        passed=1
+    )
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("world_size=0", "composable(world_size=...) takes an integer >= 1, got 0"),
+        ("world_size=-2", "composable(world_size=...) takes an integer >= 1, got -2"),
+        ("world_size=[]", "composable(world_size=...) is empty"),
+        ("world_size=2000", "composable(world_size=...) takes sizes up to 1024, got 2000"),
+        ("timeout=float('nan')", "composable(timeout=...) takes a finite number*got nan"),
+        ("timeout=float('inf')", "composable(timeout=...) takes a finite number*got inf"),
+        ("timeout=-1", "composable(timeout=...) takes a finite number of seconds > 0, got -1"),
+        ("world_size=2, rank=2", "composable(rank=2) is not below world size 2"),
+        ("world_size=[4, 2], rank=3", "composable(rank=3) is not below world size 2"),
+    ],
+)
+@pytest.mark.parametrize("fixture", ["composable_world", "composable_fake_world"])
+def test_bad_marker_is_a_collection_error(
+    pytester: pytest.Pytester, marker: str, message: str, fixture: str
+) -> None:
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.composable({marker})
+        def test_x({fixture}):
+            pass
+
+        def test_innocent():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, output_of(result)
+    result.stdout.fnmatch_lines([f"*test_bad_marker_is_a_collection_error.py::test_x: {message}"])
+    assert_no_plugin_frames(result)

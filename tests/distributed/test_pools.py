@@ -1,0 +1,167 @@
+"""Rank pools: closed after their last test, teardown errors reported, the main session's
+files left to the main session."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from tests.helpers import output_of, verbose_outcomes
+
+SIZES = """
+import os
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+
+def _ranks_of_the_main_process():
+    main = os.getppid()
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\\0")
+        except OSError:
+            continue
+        if int(fields[1]) == main and b"pytest" in cmdline:
+            count += 1
+    return count
+
+
+@pytest.mark.composable(devices=["cpu"], world_size=[1, 2, 3])
+def test_live_ranks(composable_world):
+    dist.barrier()
+    assert _ranks_of_the_main_process() == composable_world.world_size
+"""
+
+
+def test_a_pool_closes_after_its_last_test(pytester: pytest.Pytester) -> None:
+    """Sizes 1, 2, 3 in one session: when size 3 runs, only its 3 ranks are alive (not 6)."""
+    pytester.makepyfile(test_sizes=SIZES)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+MODULE_FIXTURE = """
+import os
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.fixture(scope="module")
+def resource():
+    yield
+    print(f"module teardown on rank {os.environ['RANK']}")
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("module teardown failed on rank 1")
+
+
+def test_one(composable_world, resource):
+    dist.barrier()
+
+
+def test_two(composable_world, resource):
+    dist.barrier()
+
+
+def test_plain_between():
+    pass
+
+
+def test_three(composable_world):
+    dist.barrier()
+"""
+
+
+def test_module_fixture_teardown_errors_on_a_rank_are_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_module=MODULE_FIXTURE)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    outcomes = verbose_outcomes(result)
+    # The module fixture ends with the last test that uses it on the ranks, and its
+    # error is that test's teardown error.
+    assert outcomes["test_module.py::test_two[cpu]"] == "PASSED", output_of(result)
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_three[[]cpu[]]*",
+            "composable: teardown failed on rank(s) 1 of 2*",
+            "*RuntimeError: module teardown failed on rank 1",
+        ]
+    )
+
+
+def test_module_fixture_errors_are_reported_under_xdist(pytester: pytest.Pytester) -> None:
+    """Each xdist worker tears its ranks' fixtures down after its own last test, and reports
+    what failed there."""
+    pytester.makepyfile(test_module=MODULE_FIXTURE)
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed") == 4, output_of(result)
+    assert outcomes.get("error", outcomes.get("errors", 0)) >= 1, output_of(result)
+    assert "RuntimeError: module teardown failed on rank 1" in output_of(result)
+
+
+FILES = """
+import logging
+
+import pytest
+import torch.distributed as dist
+
+
+def test_plain(tmp_path_factory):
+    logging.getLogger("main").warning("record of the main process")
+    (tmp_path_factory.getbasetemp() / "main-file").write_text("main")
+
+
+@pytest.mark.composable(devices=["cpu"])
+def test_world(composable_world, tmp_path):
+    logging.getLogger("rank").warning("record of rank %d", composable_world.rank)
+    (tmp_path / "rank-file").write_text("rank")
+    dist.barrier()
+
+
+def test_plain_after(tmp_path_factory):
+    assert (tmp_path_factory.getbasetemp() / "main-file").read_text() == "main"
+"""
+
+
+def test_ranks_never_write_the_main_session_files(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(test_files=FILES)
+    basetemp = pytester.path / "basetemp"
+    coverage = pytester.path / "main.coverage"
+    monkeypatch.setenv("COVERAGE_FILE", str(coverage))
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        f"--basetemp={basetemp}",
+        "--log-file=main.log",
+        "--junitxml=main.xml",
+        "--debug=debug.log",
+        "--cov=test_files",
+        "--cov-report=",
+    )
+    result.assert_outcomes(passed=3)
+    log = (pytester.path / "main.log").read_text()
+    assert "record of the main process" in log
+    assert "record of rank" not in log
+    cases = ET.parse(pytester.path / "main.xml").getroot().iter("testcase")
+    assert sorted(case.get("name") for case in cases) == [
+        "test_plain",
+        "test_plain_after",
+        "test_world[cpu]",
+    ]
+    debug = (pytester.path / "debug.log").read_text()
+    assert "pytest_sessionfinish" in debug
+    assert "PYTEST_COMPOSABLE_RANK_WORKER" not in debug
+    assert coverage.is_file()
+    assert not list(pytester.path.glob("main.coverage.*"))
+    assert os.listdir(basetemp)  # the main session's, kept (a rank would have wiped it)
