@@ -4,8 +4,8 @@ traceback); bad markers are collection errors naming the test."""
 from __future__ import annotations
 
 import pytest
-import torch.distributed  # noqa: F401 - imported once here: in-process pytester runs use it
 
+import pytest_composable.devices  # noqa: F401 - torch, imported once, before in-process runs
 from tests.helpers import assert_no_plugin_frames, assert_usage_error, output_of
 
 WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
@@ -64,23 +64,24 @@ def test_precedence_cli_env_ini(pytester: pytest.Pytester, monkeypatch: pytest.M
     """Command line > environment > ini > default, for the world size (and so the timeout,
     which is read by the same code)."""
     pytester.makeini("[pytest]\ncomposable_world_size = 3\n")
+    # In-process runs, torch-free: the settings the fixtures would use are read directly.
     pytester.makepyfile(
         """
         import os
 
-        def test_x(composable_fake_world):
-            assert composable_fake_world.world_size == int(os.environ["EXPECTED"])
+        from pytest_composable.distributed._options import settings_of
+
+        def test_x(request):
+            assert settings_of(request.config).world_size == int(os.environ["EXPECTED"])
         """
     )
     monkeypatch.setenv("EXPECTED", "3")
-    pytester.runpytest("--composable-device=cpu").assert_outcomes(passed=1)
+    pytester.runpytest().assert_outcomes(passed=1)
     monkeypatch.setenv("PYTEST_COMPOSABLE_WORLD_SIZE", "5")
     monkeypatch.setenv("EXPECTED", "5")
-    pytester.runpytest("--composable-device=cpu").assert_outcomes(passed=1)
+    pytester.runpytest().assert_outcomes(passed=1)
     monkeypatch.setenv("EXPECTED", "7")
-    pytester.runpytest("--composable-device=cpu", "--composable-world-size=7").assert_outcomes(
-        passed=1
-    )
+    pytester.runpytest("--composable-world-size=7").assert_outcomes(passed=1)
 
 
 @pytest.mark.parametrize(
