@@ -25,6 +25,7 @@ from typing import IO, Any, NoReturn
 
 import pytest
 
+from ..state import state_of
 from ._constants import WORLD_FIXTURE
 from ._protocol import (
     Channel,
@@ -40,6 +41,7 @@ from ._protocol import (
     Stop,
 )
 from ._reports import serialize
+from ._seed import seed_everything
 from .world import RankContext, forget_meshes
 
 __all__ = [
@@ -146,6 +148,7 @@ def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Do
     # The main process names the next test of the session, as pytest's own loop
     # would, so fixtures the next test does not share end with this one.
     nextitem = items.get(run.next_id) if run.next_id is not None else None
+    seed_everything(state_of(session.config).seed)
     reports = runtestprotocol(item, nextitem=nextitem, log=False)
     assert _context is not None
     return Done([serialize(session.config, r) for r in reports], intact=_intact(_context))

@@ -14,7 +14,7 @@ PACKAGE = Path(pytest_composable.__file__).parent
 DISTRIBUTED_LAYERS = [
     "distributed.plugin",
     "distributed._pool",
-    "distributed._torchrun",
+    "distributed._launched",
     "distributed._rank",
     "distributed._fake",
     "distributed._protocol",
@@ -23,6 +23,7 @@ DISTRIBUTED_LAYERS = [
     "distributed._policy",
     "distributed._options",
     "distributed.world",
+    "distributed._seed",
     "distributed._constants",
 ]
 
