@@ -13,8 +13,9 @@ users pass).
   rank 0, the only one that prints, logs one merged report per phase. Its exit
   status is non-zero if any rank failed.
 * Tests without a world run on rank 0 only, as they would without the plugin:
-  the plugin's process group is hidden from them (``dist.is_initialized()`` is
-  False unless the test makes its own), so a stray collective fails that test,
+  the plugin's process groups are hidden from them (``dist.is_initialized()`` is
+  False unless a test makes its own; groups the tests make are theirs, kept from
+  test to test as without the plugin), so a stray collective fails that test,
   not the world.
 * ``-x``/``--maxfail``: rank 0 decides (it sees the merged reports) and tells
   the others at the next world test (or at the end), so every rank stops
@@ -27,7 +28,7 @@ import contextlib
 import datetime
 import os
 import pickle
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,49 +147,58 @@ _REGISTRIES = (
 """torch's module-level registries of process groups (``distributed_c10d``)."""
 
 
-@contextlib.contextmanager
-def hidden_world() -> Iterator[None]:
-    """Inside, this process looks as if it never joined a process group: torch's registries
-    of groups are swapped for empty ones, so ``dist.is_initialized()`` is False and
-    collectives fail. Groups the code inside makes live in those registries and are
-    destroyed on the way out; then the plugin's groups come back as they were (and are
-    registered again where destroying a default group unregistered every group)."""
-    import torch.distributed as dist
-    from torch.distributed import distributed_c10d as c10d
+class GroupRegistry:
+    """One complete set of torch's process-group registries: the default group, every
+    other group, and their names in torch's C++ registry (which functional collectives,
+    and so DTensor, resolve groups by).
 
-    saved = {name: getattr(c10d, name) for name in _REGISTRIES if hasattr(c10d, name)}
-    world = c10d._world
-    count = world.group_count
-    for name, registry in saved.items():
-        setattr(c10d, name, type(registry)())
-    c10d._world = type(world)()
-    c10d._world.group_count = count  # new groups get names of their own
-    try:
-        yield
-    finally:
-        if dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-        for name, registry in saved.items():
+    Under a launcher there are two: the plugin's (its world, seen by world tests) and
+    the tests' own (what tests without a world see: empty at first, then whatever
+    groups they make, kept between them as in a process without the plugin).
+    """
+
+    def __init__(self, maps: dict[str, Any], world: Any) -> None:
+        self.maps = maps
+        self.world = world
+
+    @classmethod
+    def installed(cls) -> GroupRegistry:
+        """The registries torch uses now."""
+        from torch.distributed import distributed_c10d as c10d
+
+        maps = {name: getattr(c10d, name) for name in _REGISTRIES if hasattr(c10d, name)}
+        return cls(maps, c10d._world)
+
+    @classmethod
+    def empty(cls) -> GroupRegistry:
+        """Registries of a process that never joined a group."""
+        current = cls.installed()
+        return cls({n: type(m)() for n, m in current.maps.items()}, type(current.world)())
+
+    def install(self, names_from: int) -> None:
+        """Make torch use these registries; new groups are named from ``names_from`` on, so
+        no name is used by both sets. Each of these groups is found by its name again."""
+        from torch.distributed import distributed_c10d as c10d
+
+        for name, registry in self.maps.items():
             setattr(c10d, name, registry)
-        c10d._world = world
-        world.group_count = max(count, world.group_count)
-        _register_again(c10d, saved.get("_pg_names", {}))
-
-
-def _register_again(c10d: Any, names: Mapping[Any, str]) -> None:
-    """Put the plugin's groups back into torch's C++ registry of names (which functional
-    collectives, and so DTensor, resolve groups by), wherever they went missing."""
-    register = getattr(c10d, "_register_process_group", None)
-    resolve = getattr(c10d, "_resolve_process_group", None)
-    if register is None or resolve is None:
-        return
-    for group, name in names.items():
-        try:
-            resolve(name)
-        except Exception:
-            with contextlib.suppress(Exception):
-                register(name, group)
+        c10d._world = self.world
+        c10d._world.group_count = max(names_from, c10d._world.group_count)
+        register = getattr(c10d, "_register_process_group", None)
+        unregister = getattr(c10d, "_unregister_process_group", None)
+        resolve = getattr(c10d, "_resolve_process_group", None)
+        if register is None or unregister is None or resolve is None:
+            return
+        for group, name in self.maps.get("_pg_names", {}).items():
+            try:
+                found = resolve(name)
+            except Exception:
+                found = None
+            if found is not group:
+                with contextlib.suppress(Exception):
+                    unregister(name)
+                with contextlib.suppress(Exception):
+                    register(name, group)
 
 
 class LaunchedSession:
@@ -207,6 +217,11 @@ class LaunchedSession:
         self.group: Any = None
         self.broken: str | None = None
         self.stopped = False  # this rank has been told to stop (or told the others)
+        # Whose process groups torch sees now: the plugin's ("world") or the tests' own
+        # ("tests"); the other set waits here.
+        self.active = "world"
+        self.waiting: dict[str, GroupRegistry] = {}
+        self.names_from = 0
 
     def silence(self) -> None:
         """Only rank 0 prints; the others' failures reach it with each test."""
@@ -274,14 +289,49 @@ class LaunchedSession:
             dist.destroy_process_group()
             self.context = None
 
+    def activate(self, name: str) -> None:
+        """Let torch see the ``"world"`` (the plugin's) or the ``"tests"`` process groups."""
+        if name == self.active:
+            return
+        from torch.distributed import distributed_c10d as c10d
+
+        # torch restarts its count of group names when a default group is destroyed;
+        # counting on from the highest keeps the two sets' names apart.
+        self.names_from = max(self.names_from, c10d._world.group_count)
+        self.waiting[self.active] = GroupRegistry.installed()
+        registry = self.waiting.pop(name, None) or GroupRegistry.empty()
+        registry.install(self.names_from)
+        self.active = name
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_protocol(self, item: pytest.Item) -> Generator[None, object, object]:
-        """A test without a world (its setup, call and teardown) does not see the plugin's
-        process groups."""
-        if self.context is None or self.uses_world(item):
+        """A test without a world (its setup, call and teardown) sees the tests' own process
+        groups, never the plugin's."""
+        if self.uses_world(item):
             return (yield)
-        with hidden_world():
+        self.activate("tests")
+        try:
             return (yield)
+        finally:
+            self.activate("world")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        """A fixture ends with the groups it began with: a module fixture that made its own
+        group may end in a world test's teardown, and must find its group there."""
+        owner = self.active
+        before: list[str] = []
+        fixturedef.addfinalizer(lambda: self.activate(before.pop()))  # runs last
+        result = yield
+
+        def own_groups() -> None:
+            before.append(self.active)
+            self.activate(owner)
+
+        fixturedef.addfinalizer(own_groups)
+        return result
 
     def run_item(self, item: pytest.Item, nextitem: pytest.Item | None, seed: int) -> bool:
         from _pytest.runner import runtestprotocol

@@ -34,25 +34,37 @@ def test_stray_collective():
     dist.all_reduce(torch.ones(1))  # no group here: fails this test only
 
 
-def test_own_group():
+@pytest.mark.composable(devices=["cpu"])
+def test_fake_world_on_rank_zero(composable_fake_world):
+    assert composable_fake_world.world_size == 2
+
+
+@pytest.fixture(scope="module")
+def own_group():
     from torch._C._distributed_c10d import HashStore
 
     dist.init_process_group("gloo", store=HashStore(), rank=0, world_size=1)
+    yield dist.group.WORLD
+    dist.destroy_process_group()  # which unregisters every group torch knows
+
+
+def test_own_group(own_group):
     t = torch.ones(1)
     dist.all_reduce(t)
     assert t.item() == 1  # its own world of one, not the plugin's
 
 
-def test_own_group_destroyed():
-    from torch._C._distributed_c10d import HashStore
-
-    dist.init_process_group("gloo", store=HashStore(), rank=0, world_size=1)
-    dist.destroy_process_group()  # which unregisters every group torch knows
+def test_world_between(composable_world):
+    dist.barrier()
 
 
-@pytest.mark.composable(devices=["cpu"])
-def test_fake_world_on_rank_zero(composable_fake_world):
-    assert composable_fake_world.world_size == 2
+def test_own_group_kept_between_tests(own_group):
+    assert dist.group.WORLD is own_group
+    dist.all_reduce(torch.ones(1))
+
+
+def test_after_the_own_group(own_group):
+    pass
 
 
 def test_world_after(composable_world):
@@ -107,8 +119,10 @@ def test_tests_without_a_world_do_not_see_the_plugins_group(pytester: pytest.Pyt
     assert "test_outside.py::test_own_group PASSED" in output, output
     assert "test_outside.py::test_fake_world_on_rank_zero[cpu] PASSED" in output, output
     assert "test_outside.py::test_world_after[cpu] PASSED" in output, output
-    assert "test_outside.py::test_own_group_destroyed PASSED" in output, output
-    assert "1 failed, 6 passed" in output, output
+    assert "test_outside.py::test_world_between[cpu] PASSED" in output, output
+    assert "test_outside.py::test_own_group_kept_between_tests PASSED" in output, output
+    # The module's own group ended in test_world_after's teardown, with its own groups.
+    assert "1 failed, 8 passed in" in output, output
 
 
 STOPS = """
