@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: examples test lint wheel-check benchmarks clean
+.PHONY: examples test lint wheel-check runtime-check benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,24 @@ wheel-check: $(STAMP)  ## build the wheel, install it instead of the editable co
 	cd /tmp && $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --rootdir=$(CURDIR)/examples $(CURDIR)/examples -q
 	$(PY) -m pip install -q --no-deps -e .
 
+# What users install: torch, pytest and pluggy only (no numpy, no dev extras), with this
+# package installed as a wheel would be; the launched (torchrun, srun, mpirun) paths run there.
+RUNTIME := .venv-runtime
+$(RUNTIME)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME)/bin/python -m pip install -q torch==2.13.0
+	$(RUNTIME)/bin/python -m pip install -q .
+	touch $@
+
+runtime-check: $(RUNTIME)/.installed  ## torchrun, srun and mpirun sessions without numpy
+	$(RUNTIME)/bin/python -m pip install -q --force-reinstall --no-deps .
+	! $(RUNTIME)/bin/python -c "import numpy" 2>/dev/null
+	cd examples && OMP_NUM_THREADS=1 ../$(RUNTIME)/bin/python -m torch.distributed.run --standalone --nproc-per-node=2 -m pytest -p no:cacheprovider -q -rs .
+	$(RUNTIME)/bin/python -m pytest -p no:cacheprovider -q -rs tests/distributed/test_launchers.py tests/distributed/test_torchrun.py
+
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info
+	rm -rf $(VENV) $(RUNTIME) dist build *.egg-info
