@@ -205,10 +205,15 @@ class LaunchedSession:
     """This rank's view of a launched session; registered as a plugin for that session."""
 
     def __init__(
-        self, config: pytest.Config, launch: Launch, uses_world: Callable[[pytest.Item], bool]
+        self,
+        config: pytest.Config,
+        launch: Launch,
+        uses_world: Callable[[pytest.Item], bool],
+        backend: str | None,
     ) -> None:
         self.config = config
         self.launch = launch
+        self.backend = backend
         self.uses_world = uses_world
         self.rank = launch.rank
         self.world_size = launch.world_size
@@ -250,20 +255,25 @@ class LaunchedSession:
 
             for key, value in launch_environment(self.launch).items():
                 os.environ.setdefault(key, value)
-            device_type = "cuda" if torch.cuda.is_available() else "cpu"
-            if device_type == "cuda":
+            backends = self.backends(torch.cuda.is_available())
+            if "cuda" in backends:
                 torch.cuda.set_device(self.local_rank)
-                backend = "cpu:gloo,cuda:nccl"
-            else:
-                backend = backend_for("cpu")
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
+            spec = ",".join(f"{device}:{backend}" for device, backend in backends.items())
+            dist.init_process_group(spec, timeout=datetime.timedelta(seconds=timeout))
             self.group = dist.new_group(
                 backend="gloo", timeout=datetime.timedelta(seconds=_CONTROL_TIMEOUT)
             )
             self.context = RankContext(
-                self.rank, self.world_size, self.local_rank, backend, group=dist.group.WORLD
+                self.rank, self.world_size, self.local_rank, backends, group=dist.group.WORLD
             )
         return self.context
+
+    def backends(self, cuda: bool) -> dict[str, str]:
+        """The backend of each device type this world serves: the session's backend
+        (``--composable-backend``) for the accelerator, else gloo on cpu and nccl on cuda."""
+        if not cuda:
+            return {"cpu": self.backend or backend_for("cpu")}
+        return {"cpu": backend_for("cpu"), "cuda": self.backend or backend_for("cuda")}
 
     def _told_to_stop(self, stop: bool) -> bool:
         """Rank 0's ``stop``, on every rank (a broadcast over the plugin's own group)."""

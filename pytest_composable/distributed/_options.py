@@ -18,6 +18,7 @@ import pytest
 
 from .._options import GROUP, GROUP_DESCRIPTION
 from ._constants import (
+    BACKEND_ENV,
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
     MAX_WORLD_SIZE,
@@ -29,6 +30,7 @@ __all__ = [
     "SETTINGS_KEY",
     "DistributedSettings",
     "add_options",
+    "parse_backend",
     "parse_timeout",
     "parse_world_size",
     "read_settings",
@@ -37,6 +39,7 @@ __all__ = [
 
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
+_BACKEND_INI = "composable_backend"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -64,6 +67,27 @@ def add_options(parser: pytest.Parser) -> None:
             f"> {TIMEOUT_ENV} > the {_TIMEOUT_INI} ini setting > {DEFAULT_TIMEOUT:g}. A test "
             "past it fails with every rank's Python stack and its ranks are restarted; the "
             "process group's own timeout follows the test's deadline, a little below it."
+        ),
+    )
+    group.addoption(
+        "--composable-backend",
+        default=None,
+        dest="composable_backend",
+        metavar="NAME",
+        help=(
+            "Process-group backend of composable_world tests: gloo (also with CUDA tensors), "
+            "nccl, or any backend registered with torch. Precedence: composable(backend=...) > "
+            f"this option > {BACKEND_ENV} > the {_BACKEND_INI} ini setting > the default "
+            "for the test's device (gloo on cpu, nccl on cuda, torch's default elsewhere)."
+        ),
+    )
+    parser.addini(
+        _BACKEND_INI,
+        type="string",
+        default="",
+        help=(
+            "Process-group backend of composable_world tests (default: by device); "
+            f"{BACKEND_ENV} and --composable-backend win."
         ),
     )
     parser.addini(
@@ -112,12 +136,23 @@ def parse_timeout(raw: str) -> float:
     return value
 
 
+def parse_backend(raw: str) -> str:
+    """A backend name (``gloo``, ``nccl``, ``cpu:gloo,cuda:nccl``...); ``ValueError`` for an
+    empty one or one with characters no backend name has. Whether torch knows it is
+    found out when a world starts."""
+    text = raw.strip()
+    if not text or not all(c.isascii() and (c.isalnum() or c in "_-:,") for c in text):
+        raise ValueError(f"{_quoted(raw)} is not a backend name")
+    return text
+
+
 @dataclass(frozen=True)
 class DistributedSettings:
     """The session's default world size and deadline, after precedence and checks."""
 
     world_size: int
     timeout: float
+    backend: str | None = None  # None: the default for each device type
 
 
 def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, str] | None:
@@ -148,7 +183,14 @@ def read_settings(config: pytest.Config) -> DistributedSettings:
             timeout = parse_timeout(picked[0])
         except ValueError as error:
             raise pytest.UsageError(f"composable: {picked[1]}: timeout {error}") from None
-    return DistributedSettings(world_size, timeout)
+    backend = None
+    picked = _pick(config, "--composable-backend", BACKEND_ENV, _BACKEND_INI)
+    if picked is not None:
+        try:
+            backend = parse_backend(picked[0])
+        except ValueError as error:
+            raise pytest.UsageError(f"composable: {picked[1]}: backend {error}") from None
+    return DistributedSettings(world_size, timeout, backend)
 
 
 SETTINGS_KEY = pytest.StashKey[DistributedSettings]()

@@ -47,6 +47,7 @@ from pathlib import Path
 import pytest
 
 from ._constants import MIN_START_TIMEOUT, RANK_ENV
+from ._policy import PoolKey
 from ._protocol import (
     Channel,
     Check,
@@ -497,11 +498,11 @@ class Launcher:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.pools: dict[tuple[int, str], RankPool] = {}
-        self.broken: dict[tuple[int, str], str] = {}
+        self.pools: dict[PoolKey, RankPool] = {}
+        self.broken: dict[PoolKey, str] = {}
         self.swept = False
 
-    def _pool(self, key: tuple[int, str], timeout: float) -> RankPool:
+    def _pool(self, key: PoolKey, timeout: float) -> RankPool:
         from .world import backend_for
 
         pool = self.pools.get(key)
@@ -511,7 +512,7 @@ class Launcher:
             if not self.swept:
                 self.swept = True
                 sweep_stale()
-            world_size, device_type = key
+            world_size, device_type, backend = key
             start_timeout = max(timeout, MIN_START_TIMEOUT)
             # The ranks wait for each other a little longer than this process waits for
             # them, so that a rank that never arrives is named here, not a rendezvous
@@ -520,7 +521,7 @@ class Launcher:
                 self.config,
                 world_size,
                 device_type,
-                backend_for(device_type),
+                backend or backend_for(device_type),
                 start_timeout + _JOIN_GRACE,
             )
             try:
@@ -534,7 +535,7 @@ class Launcher:
     def run_item(
         self,
         item: pytest.Item,
-        key: tuple[int, str],
+        key: PoolKey,
         next_id: str | None,
         timeout: float,
         pg_timeout: float,
@@ -593,12 +594,12 @@ class Launcher:
             passed(item, "teardown"),
         ]
 
-    def discard(self, key: tuple[int, str]) -> None:
+    def discard(self, key: PoolKey) -> None:
         pool = self.pools.pop(key, None)
         if pool is not None:
             pool.kill()
 
-    def finish(self, key: tuple[int, str]) -> str | None:
+    def finish(self, key: PoolKey) -> str | None:
         """Close the pool of ``key`` (no test needs it any more); teardown errors, if any."""
         pool = self.pools.pop(key, None)
         return None if pool is None else pool.stop()

@@ -105,7 +105,13 @@ def _join(spec: RankSpec) -> RankContext:
         world_size=spec.world_size,
         timeout=datetime.timedelta(seconds=spec.join_timeout),
     )
-    return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, group=dist.group.WORLD)
+    return RankContext(
+        spec.rank,
+        spec.world_size,
+        spec.rank,
+        {spec.device_type: spec.backend},
+        group=dist.group.WORLD,
+    )
 
 
 def _intact(context: RankContext) -> bool:
@@ -168,7 +174,7 @@ def _healthy(timeout: float) -> bool:
         if "timeout" in inspect.signature(dist.barrier).parameters:
             dist.barrier(timeout=delta)
         else:  # pragma: no cover - torch < 2.7
-            device = "cuda" if _context is not None and _context.backend == "nccl" else "cpu"
+            device = "cuda" if _context is not None and "cuda" in _context.backends else "cpu"
             work = dist.all_reduce(torch.zeros(1, device=device), async_op=True)
             assert work is not None
             work.wait(timeout=delta)

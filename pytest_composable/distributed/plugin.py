@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..marker import MarkerError
+from ..marker import MarkerError, read_marker
 from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
 from ._options import SETTINGS_KEY, add_options, read_settings
 from ._policy import (
@@ -83,7 +83,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from ._launched import LaunchedSession
         from ._rank import RankDevices
 
-        session = config.stash[_LAUNCHED] = LaunchedSession(config, launch, _uses_world)
+        backend = config.stash[SETTINGS_KEY].backend
+        session = LaunchedSession(config, launch, _uses_world, backend)
+        config.stash[_LAUNCHED] = session
         config.pluginmanager.register(session, "composable.launched")
         config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
 
@@ -171,6 +173,13 @@ def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
         return (
             f"composable: needs world size {world_size}; {launched.launch.launcher} launched "
             f"{launched.world_size} ranks"
+        )
+    wanted = read_marker(item).backend
+    if launched is not None and wanted is not None and wanted != launched.backend:
+        return (
+            f"composable: needs backend {wanted}; this {launched.launch.launcher} session's "
+            f"worlds use {launched.backend or 'the default of each device'} "
+            "(--composable-backend)"
         )
     if device_type != "cpu":
         # Each node's ranks use that node's devices: under a launcher, this node's

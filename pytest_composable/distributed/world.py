@@ -91,7 +91,7 @@ class RankContext:
     rank: int
     world_size: int
     local_rank: int
-    backend: str
+    backends: dict[str, str]  # device type -> the backend its tensors go through
     group: Any = None  # the default process group as joined (to tell if a test replaced it)
 
 
@@ -108,12 +108,13 @@ def make_world(context: RankContext, device: torch.device, seed: int) -> World:
     mesh = _meshes.get(device.type)
     if mesh is None:
         mesh = _meshes[device.type] = init_device_mesh(device.type, (context.world_size,))
+    backend = context.backends.get(device.type) or next(iter(context.backends.values()))
     return World(
         context.rank,
         context.world_size,
         context.local_rank,
         device,
-        context.backend,
+        backend,
         mesh,
         seed=seed,
     )
