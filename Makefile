@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: examples test lint wheel-check runtime-check benchmarks clean
+.PHONY: examples test lint wheel-check runtime-check gpu-check benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ runtime-check: $(RUNTIME)/.installed  ## torchrun, srun and mpirun sessions with
 	! $(RUNTIME)/bin/python -c "import numpy" 2>/dev/null
 	cd examples && OMP_NUM_THREADS=1 ../$(RUNTIME)/bin/python -m torch.distributed.run --standalone --nproc-per-node=2 -m pytest -p no:cacheprovider -q -rs .
 	$(RUNTIME)/bin/python -m pytest -p no:cacheprovider -q -rs tests/distributed/test_launchers.py tests/distributed/test_torchrun.py
+
+gpu-check:  ## on a CUDA machine: its python3 and this checkout, nothing installed
+	PYTHON=$(PYTHON) .ci/gpu-check
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run_all.py
