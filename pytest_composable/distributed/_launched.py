@@ -95,17 +95,26 @@ def detect_launch(environ: Mapping[str, str]) -> Launch | None:
         return None
     if not environ.get("MASTER_ADDR") or not environ.get("MASTER_PORT"):
         return None
-    rank, size = _int(environ, "SLURM_PROCID"), _int(environ, "SLURM_NTASKS")
-    if rank is not None and size is not None:
-        local = _int(environ, "SLURM_LOCALID") or 0
-        local_size = _slurm_tasks_per_node(environ) or size
-        return Launch("slurm", rank, size, local, local_size)
-    rank, size = _int(environ, "OMPI_COMM_WORLD_RANK"), _int(environ, "OMPI_COMM_WORLD_SIZE")
-    if rank is not None and size is not None:
-        local = _int(environ, "OMPI_COMM_WORLD_LOCAL_RANK") or 0
-        local_size = _int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE") or size
-        return Launch("mpi", rank, size, local, local_size)
+    for launcher, rank_name, size_name, local_name, local_size_of in _LAUNCHERS:
+        rank, size = _int(environ, rank_name), _int(environ, size_name)
+        if rank is not None and size is not None:
+            local = _int(environ, local_name) or 0
+            return Launch(launcher, rank, size, local, local_size_of(environ) or size)
     return None
+
+
+_LAUNCHERS: tuple[tuple[str, str, str, str, Callable[[Mapping[str, str]], int | None]], ...] = (
+    ("slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", _slurm_tasks_per_node),
+    (
+        "mpi",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        lambda environ: _int(environ, "OMPI_COMM_WORLD_LOCAL_SIZE"),
+    ),
+)
+"""Launchers that set their own variables: name, then the variables of rank, world size,
+local rank, and how to read the local world size."""
 
 
 def launch_environment(launch: Launch) -> dict[str, str]:

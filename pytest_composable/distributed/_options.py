@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +38,8 @@ __all__ = [
     "read_settings",
     "settings_of",
 ]
+
+T = TypeVar("T")
 
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
@@ -167,30 +171,46 @@ def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, 
     return None
 
 
+def _read(
+    config: pytest.Config,
+    option: str,
+    env: str,
+    ini: str,
+    parse: Callable[[str], T],
+    what: str,
+) -> T | None:
+    """One setting by precedence, parsed; ``None`` where no source sets it."""
+    picked = _pick(config, option, env, ini)
+    if picked is None:
+        return None
+    raw, source = picked
+    try:
+        return parse(raw)
+    except ValueError as error:
+        raise pytest.UsageError(f"composable: {source}: {what} {error}") from None
+
+
 def read_settings(config: pytest.Config) -> DistributedSettings:
-    """Read both settings by precedence; a bad value is a :class:`pytest.UsageError`."""
-    world_size = DEFAULT_WORLD_SIZE
-    timeout = DEFAULT_TIMEOUT
-    picked = _pick(config, "--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI)
-    if picked is not None:
-        try:
-            world_size = parse_world_size(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: world size {error}") from None
-    picked = _pick(config, "--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI)
-    if picked is not None:
-        try:
-            timeout = parse_timeout(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: timeout {error}") from None
-    backend = None
-    picked = _pick(config, "--composable-backend", BACKEND_ENV, _BACKEND_INI)
-    if picked is not None:
-        try:
-            backend = parse_backend(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: backend {error}") from None
-    return DistributedSettings(world_size, timeout, backend)
+    """Read every setting by precedence; a bad value is a :class:`pytest.UsageError`."""
+    world_size = _read(
+        config,
+        "--composable-world-size",
+        WORLD_SIZE_ENV,
+        _WORLD_SIZE_INI,
+        parse_world_size,
+        "world size",
+    )
+    timeout = _read(
+        config, "--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI, parse_timeout, "timeout"
+    )
+    backend = _read(
+        config, "--composable-backend", BACKEND_ENV, _BACKEND_INI, parse_backend, "backend"
+    )
+    return DistributedSettings(
+        DEFAULT_WORLD_SIZE if world_size is None else world_size,
+        DEFAULT_TIMEOUT if timeout is None else timeout,
+        backend,
+    )
 
 
 SETTINGS_KEY = pytest.StashKey[DistributedSettings]()
