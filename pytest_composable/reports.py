@@ -76,10 +76,8 @@ def _location(item: pytest.Item) -> tuple[str, int]:
 
 
 def _longrepr(text: str, crash: ReprFileLocation) -> ReprExceptionInfo:
-    return ReprExceptionInfo(
-        reprtraceback=ReprTracebackNative([text if text.endswith("\n") else text + "\n"]),
-        reprcrash=crash,
-    )
+    lines = [text if not text or text.endswith("\n") else text + "\n"]
+    return ReprExceptionInfo(reprtraceback=ReprTracebackNative(lines), reprcrash=crash)
 
 
 def failure(
@@ -88,13 +86,20 @@ def failure(
     text: str,
     duration: float = 0.0,
     crash: ReprFileLocation | None = None,
+    brief: str = "",
     **extra: Any,
 ) -> pytest.TestReport:
     """A failed report for ``item`` showing ``text``; its crash line is ``crash``, or
-    else the first line of ``text`` at the test's location."""
+    else the first line of ``text`` at the test's location.
+
+    Under ``--tb=line`` it shows ``brief`` instead (the failing ranks' own
+    line-style reports), before the crash line, as pytest does for a test of its own.
+    """
     if crash is None:
         path, lineno = _location(item)
         crash = ReprFileLocation(path, lineno, text.strip().partition("\n")[0])
+    if getattr(item.config.option, "tbstyle", "auto") == "line":
+        text = brief
     return _report(item, when, "failed", _longrepr(text, crash), duration=duration, **extra)
 
 
@@ -189,6 +194,7 @@ def merge_phase(
         "\n".join(lines),
         duration,
         crash_line(item, per_rank, failed, world_size) if failed else None,
+        "\n".join(per_rank[rank].longreprtext for rank in failed),
         sections=_sections(per_rank),
         user_properties=properties,
     )
