@@ -1,26 +1,25 @@
 """Helpers for reading the pytest runs that the tests drive with ``pytester``.
 
-Most tests run pytest in a temporary directory (``-p pytester`` comes from
-``addopts`` in ``pyproject.toml``) and check its exit code and output.
+Most tests run pytest in a temporary directory (``pytester``, which the root
+``conftest.py`` loads) and check its exit code and output.
 """
 
 from __future__ import annotations
 
 import re
 
+# Imported before any in-process run, which pytester ends by dropping the modules
+# the run imported: torch cannot be imported twice in one process, and
+# hypothesis's plugin would import its package again at the end of every run
+# (over a second each).
+import hypothesis  # noqa: F401
 import pytest
+import torch  # noqa: F401
+
+import pytest_composable.devices
+import pytest_composable.registry  # noqa: F401
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
-
-# Variables that would change what the plugin selects in a pytester run: the
-# device variable itself and pytest-xdist's worker variables, which are set in
-# this very process when the suite runs under ``-n``.
-ISOLATED_ENV = (
-    DEVICE_ENV,
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_XDIST_TESTRUNUID",
-)
 
 # The built-in models: fixture name, class name in ``models``, input features.
 BUILTIN_MODELS = (
