@@ -14,10 +14,14 @@ import re
 # (over a second each).
 import hypothesis  # noqa: F401
 import pytest
-import torch  # noqa: F401
+import torch
 
 import pytest_composable.devices
 import pytest_composable.registry  # noqa: F401
+
+# The first forward on meta loads torch._dynamo and torch._inductor, which register
+# operator libraries that cannot be registered twice: load them before any run too.
+torch.nn.Linear(1, 1, device="meta")(torch.empty(1, 1, device="meta"))
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
 
