@@ -8,6 +8,8 @@ that would change what the plugin selects in such a run.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -22,8 +24,18 @@ ISOLATED_ENV = (
 )
 
 
+# The pytest runs a test starts (pytester's, rank processes) use no hypothesis, whose
+# plugin would import it for its terminal summary: half a second a run.
+NO_HYPOTHESIS = "-p no:hypothesispytest"
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts without the device variable and outside any xdist worker."""
     for name in ISOLATED_ENV:
         monkeypatch.delenv(name, raising=False)
+    if "pytester" in request.fixturenames:
+        # Set up pytester first: it clears PYTEST_ADDOPTS for its runs.
+        request.getfixturevalue("pytester")
+        addopts = os.environ.get("PYTEST_ADDOPTS", "")
+        monkeypatch.setenv("PYTEST_ADDOPTS", f"{addopts} {NO_HYPOTHESIS}".strip())

@@ -55,7 +55,14 @@ class DeviceSpecError(ValueError):
 
 
 class MissingDeviceError(DeviceSpecError):
-    """A well-formed spec of a device type torch knows, naming no device of this machine."""
+    """A well-formed spec of a device type torch knows, naming no device of this machine.
+
+    ``reason`` is the message after the spec, for a caller that names the spec itself.
+    """
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(f"{quote(spec)}{reason}")
+        self.reason = reason
 
 
 def _count(device_type: str) -> int:
@@ -205,13 +212,14 @@ def _parse(spec: str, available: Sequence[torch.device]) -> tuple[str, torch.dev
             raise DeviceSpecError(
                 f"{quote(spec)} is not a device type torch knows; {has}"
             ) from None
-        raise MissingDeviceError(f"{quote(spec)} is not available on this machine; {has}")
+        raise MissingDeviceError(spec, f" is not available on this machine; {has}")
     if index is None:
         return device_type, None
     if not index.isascii():
         raise MissingDeviceError(
-            f"{quote(spec)} is not available on this machine (a device index is written in "
-            f"the digits 0-9); {has}"
+            spec,
+            f" is not available on this machine (a device index is written in the digits "
+            f"0-9); {has}",
         )
     # Compared as a Python int, never passed to torch.device: its index is 8 bits
     # wide, so cuda:256 would become cuda:0 and a longer number would overflow.
@@ -219,4 +227,4 @@ def _parse(spec: str, available: Sequence[torch.device]) -> tuple[str, torch.dev
     for device in available:
         if device.type == device_type and device.index == wanted:
             return device_type, device
-    raise MissingDeviceError(f"{quote(spec)} is not available on this machine; {has}")
+    raise MissingDeviceError(spec, f" is not available on this machine; {has}")

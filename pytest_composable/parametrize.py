@@ -131,11 +131,12 @@ def _marker_device(
     this machine lacks (``cuda``, ``cuda:256``, ``cuda:\u0661``) skips, as a
     missing accelerator does.
     """
+    from ._text import shorten
     from .devices import DeviceSpecError, MissingDeviceError, matcher
 
     try:
         return matcher(spec, available), None
     except MissingDeviceError as error:
-        return (lambda _d: False), str(error)
+        return (lambda _d: False), f"{shorten(spec)}{error.reason}"
     except DeviceSpecError as error:
         raise MarkerError(f"composable(devices=...): {error}") from None

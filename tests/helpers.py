@@ -9,10 +9,7 @@ from __future__ import annotations
 import re
 
 # Imported before any in-process run, which pytester ends by dropping the modules
-# the run imported: torch cannot be imported twice in one process, and
-# hypothesis's plugin would import its package again at the end of every run
-# (over a second each).
-import hypothesis  # noqa: F401
+# the run imported: torch cannot be imported twice in one process.
 import pytest
 import torch
 

@@ -78,9 +78,9 @@ def test_marker_without_fixture():
     }
     result.stdout.fnmatch_lines_random(
         [
-            "SKIPPED * composable: 'cuda' is not available on this machine; "
+            "SKIPPED * composable: cuda is not available on this machine; "
             "this machine has: cpu, meta",
-            "SKIPPED * composable: 'cuda:1' is not available on this machine; "
+            "SKIPPED * composable: cuda:1 is not available on this machine; "
             "this machine has: cpu, meta",
         ]
     )
