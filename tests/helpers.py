@@ -6,6 +6,7 @@ Most tests run pytest in a temporary directory (``pytester``, which the root
 
 from __future__ import annotations
 
+import gc
 import re
 
 # Imported before any in-process run, which pytester ends by dropping the modules
@@ -19,6 +20,10 @@ import pytest_composable.registry  # noqa: F401
 # The first forward on meta loads torch._dynamo and torch._inductor, which register
 # operator libraries that cannot be registered twice: load them before any run too.
 torch.nn.Linear(1, 1, device="meta")(torch.empty(1, 1, device="meta"))
+# Every in-process run ends with pytest's full garbage collection, which walks all
+# of torch's objects (a third of a second); they live as long as the process, so
+# leave them out of every collection.
+gc.freeze()
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
 
