@@ -87,3 +87,17 @@ def assert_clear_error(result: pytest.RunResult, *stdout_patterns: str) -> None:
     result.stdout.fnmatch_lines(list(stdout_patterns))
     assert result.parseoutcomes().get("passed", 0) == 0
     assert_no_plugin_frames(result)
+
+
+def name_devices(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, spec: str
+) -> tuple[list[str], str]:
+    """Name ``spec`` through ``source`` (``cli``, ``env`` or an ini setting's name):
+    the arguments to run pytest with, and how the plugin's messages name the source."""
+    if source == "cli":
+        return [f"--composable-device={spec}"], "--composable-device"
+    if source == "env":
+        monkeypatch.setenv(DEVICE_ENV, spec)
+        return [], DEVICE_ENV
+    pytester.makeini(f"[pytest]\n{source} = {spec}\n")
+    return [], f"{source} ini"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import DEVICE_ENV, PLAIN_TEST, assert_usage_error
+from tests.helpers import PLAIN_TEST, assert_usage_error, name_devices
 
 
 def run_plain(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -21,19 +21,6 @@ def run_plain(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 NOT_A_TYPE = "'cdua' is not a device type torch knows; this machine has: cpu, meta"
 MISSING = "'cuda' is not available on this machine; this machine has: cpu, meta"
 NO_DEVICE = "no device given; this machine has: cpu, meta"
-
-
-def select(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, spec: str
-) -> tuple[list[str], str]:
-    """Name ``spec`` through ``source``: the arguments to run with and the source's name."""
-    if source == "cli":
-        return [f"--composable-device={spec}"], "--composable-device"
-    if source == "env":
-        monkeypatch.setenv(DEVICE_ENV, spec)
-        return [], DEVICE_ENV
-    pytester.makeini(f"[pytest]\n{source} = {spec}\n")
-    return [], f"{source} ini"
 
 
 @pytest.mark.parametrize(
@@ -72,7 +59,7 @@ def test_bad_device_is_a_usage_error(
     spec: str,
     message: str,
 ) -> None:
-    args, where = select(pytester, monkeypatch, source, spec)
+    args, where = name_devices(pytester, monkeypatch, source, spec)
     result = run_plain(pytester, *args)
     assert_usage_error(result, f"ERROR: composable: {where}: {message}")
 

@@ -40,6 +40,7 @@ from tests.helpers import (
     PLAIN_TEST,
     assert_usage_error,
     collected_ids,
+    name_devices,
     verbose_outcomes,
 )
 
@@ -166,7 +167,7 @@ def test_model(composable_model, composable_input, composable_device):
 ARABIC_INDIC_ONE = "\u0661"
 
 
-@pytest.mark.parametrize("source", ["cli", "env", "ini"])
+@pytest.mark.parametrize("source", ["cli", "env", "composable_device"])
 @pytest.mark.parametrize(
     ("spec", "note"),
     [
@@ -182,15 +183,7 @@ def test_missing_gpu_index_is_a_usage_error(
 ) -> None:
     simulate_cuda(monkeypatch, 2)
     pytester.makepyfile(test_plain=PLAIN_TEST)
-    args: list[str] = []
-    if source == "cli":
-        args, where = [f"--composable-device={spec}"], "--composable-device"
-    elif source == "env":
-        monkeypatch.setenv(DEVICE_ENV, spec)
-        where = DEVICE_ENV
-    else:
-        pytester.makeini(f"[pytest]\ncomposable_device = {spec}\n")
-        where = "composable_device ini"
+    args, where = name_devices(pytester, monkeypatch, source, spec)
     result = pytester.runpytest(*args)
     assert_usage_error(
         result,

@@ -49,6 +49,13 @@ def item(pytester: pytest.Pytester) -> pytest.Item:
     return pytester.getitem("def test_world():\n    pass\n", funcname="test_world")
 
 
+def merge_two(
+    item: pytest.Item, rank_reports: dict[str, pytest.TestReport], rank0: str, rank1: str
+) -> pytest.TestReport:
+    """The call phase of ``item`` in a world of two, each rank reporting the named test."""
+    return merge_phase(item, "call", {0: rank_reports[rank0], 1: rank_reports[rank1]}, 2)
+
+
 def crash_message(report: pytest.TestReport) -> str:
     crash = getattr(report.longrepr, "reprcrash", None)
     assert crash is not None, report.longrepr
@@ -59,8 +66,7 @@ def crash_message(report: pytest.TestReport) -> str:
 def test_one_failing_rank_gives_its_error_and_the_rank(
     item: pytest.Item, rank_reports: dict[str, pytest.TestReport]
 ) -> None:
-    per_rank = {0: rank_reports["test_passes"], 1: rank_reports["test_rank_one_fails"]}
-    merged = merge_phase(item, "call", per_rank, 2)
+    merged = merge_two(item, rank_reports, "test_passes", "test_rank_one_fails")
     assert merged.failed
     message = crash_message(merged)
     assert message.splitlines()[0] == "AssertionError: only rank one fails (rank 1 of 2)"
@@ -97,16 +103,14 @@ def test_several_failing_ranks(
     rank1: str,
     first_line: str,
 ) -> None:
-    per_rank = {0: rank_reports[rank0], 1: rank_reports[rank1]}
-    merged = merge_phase(item, "call", per_rank, 2)
+    merged = merge_two(item, rank_reports, rank0, rank1)
     assert crash_message(merged).splitlines()[0] == first_line
 
 
 def test_ranks_that_disagree_without_failing(
     item: pytest.Item, rank_reports: dict[str, pytest.TestReport]
 ) -> None:
-    per_rank = {0: rank_reports["test_passes"], 1: rank_reports["test_skips"]}
-    merged = merge_phase(item, "call", per_rank, 2)
+    merged = merge_two(item, rank_reports, "test_passes", "test_skips")
     assert merged.failed
     assert crash_message(merged) == (
         "composable: the ranks disagree in call (a test passes only if every rank passes)"
@@ -117,7 +121,7 @@ def test_ranks_that_disagree_without_failing(
 def test_passing_ranks_merge_into_a_pass(
     item: pytest.Item, rank_reports: dict[str, pytest.TestReport]
 ) -> None:
-    merged = merge_phase(item, "call", dict.fromkeys((0, 1), rank_reports["test_passes"]), 2)
+    merged = merge_two(item, rank_reports, "test_passes", "test_passes")
     assert merged.passed
 
 
@@ -134,8 +138,7 @@ def test_tb_line_shows_the_failing_ranks_own_lines_only(
     item: pytest.Item, rank_reports: dict[str, pytest.TestReport]
 ) -> None:
     item.config.option.tbstyle = "line"
-    per_rank = {0: rank_reports["test_passes"], 1: rank_reports["test_rank_one_fails"]}
-    merged = merge_phase(item, "call", per_rank, 2)
+    merged = merge_two(item, rank_reports, "test_passes", "test_rank_one_fails")
     assert "composable:" not in merged.longreprtext
     assert crash_message(merged).startswith("AssertionError: only rank one fails (rank 1 of 2)")
 
@@ -144,8 +147,7 @@ def test_the_crash_line_survives_serialization(
     item: pytest.Item, rank_reports: dict[str, pytest.TestReport]
 ) -> None:
     """As pytest-xdist sends reports from its workers."""
-    per_rank = {0: rank_reports["test_passes"], 1: rank_reports["test_rank_one_fails"]}
-    merged = merge_phase(item, "call", per_rank, 2)
+    merged = merge_two(item, rank_reports, "test_passes", "test_rank_one_fails")
     hook = item.config.hook
     data = hook.pytest_report_to_serializable(config=item.config, report=merged)
     back = hook.pytest_report_from_serializable(config=item.config, data=data)
