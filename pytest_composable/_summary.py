@@ -92,10 +92,12 @@ class OutcomeSummary:
         self.record(report, key[0], key[1])
 
     def record(self, report: pytest.TestReport, device: str | None, world_size: int | None) -> None:
+        if report.when != "call" and report.passed:
+            return  # a setup or teardown that passed: the call phase counts
         status = self.config.hook.pytest_report_teststatus(report=report, config=self.config)
         category = status[0] if status else ""
         if not category:
-            return  # a setup or teardown that passed: the call phase counts
+            return
         if device is not None:
             self.devices.setdefault(device, Counter())[category] += 1
         if world_size is not None:

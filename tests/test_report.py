@@ -108,6 +108,7 @@ FIXTURES = (
     "composable_model_spec",
     "composable_model",
     "composable_input",
+    "composable_batch_size",
     *BUILTIN_NAMES,
 )
 
