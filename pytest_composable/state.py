@@ -3,11 +3,12 @@
 Nothing here imports torch until a device or model list is first needed, so a
 session that never uses the plugin's fixtures stays torch-free.
 
-Devices are session-wide: they are validated at configure, before any
-conftest below the root is loaded, so ``pytest_composable_devices`` is called
-once through ``config.hook``. Models are per directory: a test sees the models
-of the ``pytest_composable_models`` implementations in its own conftest files
-and in plugins, as it sees conftest fixtures.
+Devices are session-wide: a named selection is validated at configure, when
+pytest has loaded only the conftest files it starts with, so
+``pytest_composable_devices`` is called once, through ``config.hook``. Models
+are per directory: a test sees the models of the ``pytest_composable_models``
+implementations in its own conftest files and in plugins, as it sees conftest
+fixtures.
 """
 
 from __future__ import annotations
