@@ -6,8 +6,8 @@ Implement them like any pytest hook (a function of that name in a
 no:composable``) pytest does not know these hooks and would stop at an
 unmarked implementation with "unknown hook".
 
-``pytest_composable_models`` is called once per test directory, through that
-directory's hook proxy, so a conftest's models reach the tests under it only.
+``pytest_composable_models`` is called once per test module, through that
+module's hook proxy, so a conftest's models reach the tests under it only.
 ``pytest_composable_devices`` is called once per session (devices are
 session-wide and validated at configure).
 """

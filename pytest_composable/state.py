@@ -6,7 +6,7 @@ session that never uses the plugin's fixtures stays torch-free.
 Devices are session-wide: a named selection is validated at configure, when
 pytest has loaded only the conftest files it starts with, so
 ``pytest_composable_devices`` is called once, through ``config.hook``. Models
-are per directory: a test sees the models of the ``pytest_composable_models``
+are per test module: a test sees the models of the ``pytest_composable_models``
 implementations in its own conftest files and in plugins, as it sees conftest
 fixtures.
 """
