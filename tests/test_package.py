@@ -1,4 +1,5 @@
-"""The sdist and the wheel, built from a copy of this tree with the installed setuptools.
+"""The sdist and the wheel, built from a copy of this tree with the installed setuptools
+(in the dev extra).
 
 Before: the sdist shipped some of ``tests/`` without the conftest files and the
 examples they need, so its tests could not run; there was no LICENSE file.
