@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 examples: $(STAMP)  ## the main job: the example suite
 	$(PY) -m pytest examples
 
-test: $(STAMP)  ## the test suite (pytester runs, two xdist workers)
-	$(PY) -m pytest -n 2 tests
+test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, two xdist workers
+	$(PY) -m pytest -n 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

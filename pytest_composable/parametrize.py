@@ -19,6 +19,8 @@ from .state import ComposableState
 if TYPE_CHECKING:
     import torch
 
+    from .spec import ModelSpec
+
 __all__ = ["DEVICE_FIXTURE", "MODEL_SPEC_FIXTURE", "parametrize"]
 
 DEVICE_FIXTURE = "composable_device"
@@ -72,15 +74,14 @@ def _apply(
     if options.models is not None or wants_models or wants_devices:
         # Resolving the registry here turns a bad hook or an unknown marker model
         # into one clean collection error instead of a traceback per test.
-        names = _model_names(options, state)
+        names = _model_names(options, state.models(metafunc.definition))
     if wants_models:
         metafunc.parametrize(MODEL_SPEC_FIXTURE, names, ids=names, indirect=True)
     if wants_devices:
         metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
 
 
-def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:
-    known = state.models
+def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[str]:
     if options.models is None:
         return list(known)
     unknown = [m for m in options.models if m not in known]
@@ -124,31 +125,18 @@ def _skip(id_: str, reason: str) -> Any:
 def _marker_device(
     spec: str, available: Sequence[torch.device]
 ) -> tuple[Callable[[torch.device], bool], str | None]:
-    """A matcher for a marker's device spec, or why the spec is not available here.
+    """A matcher for a marker's device spec, or why the spec names no device of this machine.
 
-    ``cuda`` matches every selected cuda device, ``cuda:1`` only that one and
-    ``all`` every selected device. A spec that is not a device at all raises.
+    A spec that is not a device at all raises :class:`MarkerError`; a device
+    this machine lacks (``cuda``, ``cuda:256``, ``cuda:\u0661``) skips, as a
+    missing accelerator does.
     """
-    import torch
+    from ._text import shorten
+    from .devices import DeviceSpecError, MissingDeviceError, matcher
 
-    from .devices import DeviceSpecError, describe, resolve_specs
-
-    text = spec.strip().lower()
-    if text == "all":
-        return (lambda _d: True), None
     try:
-        resolve_specs([text], available)
+        return matcher(spec, available), None
+    except MissingDeviceError as error:
+        return (lambda _d: False), f"{shorten(spec)}{error.reason}"
     except DeviceSpecError as error:
-        try:
-            device = torch.device(text)
-        except RuntimeError:
-            raise MarkerError(f"composable(devices=...): {error}") from None
-        if device.type in ("cpu", "meta") and device.index is not None:
-            raise MarkerError(f"composable(devices=...): {error}") from None
-        return (lambda _d: False), (
-            f"{spec} is not available on this machine; this machine has: {describe(available)}"
-        )
-    device = torch.device(text)
-    if device.index is None:
-        return (lambda d: d.type == device.type), None
-    return (lambda d: d == device), None
+        raise MarkerError(f"composable(devices=...): {error}") from None

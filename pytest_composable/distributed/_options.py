@@ -19,6 +19,7 @@ from typing import TypeVar
 import pytest
 
 from .._options import GROUP, GROUP_DESCRIPTION
+from .._text import quote
 from ._constants import (
     BACKEND_ENV,
     DEFAULT_TIMEOUT,
@@ -114,15 +115,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
-def _quoted(value: str) -> str:
-    return repr(value if len(value) <= 200 else value[:200] + "...")
-
-
 def parse_world_size(raw: str) -> int:
     """A world size from text: an integer in [1, MAX_WORLD_SIZE]; ``ValueError`` otherwise."""
     text = raw.strip()
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{_quoted(raw)} is not a whole number")
+        raise ValueError(f"{quote(raw)} is not a whole number")
     value = int(text)
     if not 1 <= value <= MAX_WORLD_SIZE:
         raise ValueError(f"{value} is outside 1..{MAX_WORLD_SIZE}")
@@ -134,9 +131,9 @@ def parse_timeout(raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ValueError(f"{_quoted(raw)} is not a number of seconds") from None
+        raise ValueError(f"{quote(raw)} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{_quoted(raw)} is not a finite number of seconds > 0")
+        raise ValueError(f"{quote(raw)} is not a finite number of seconds > 0")
     return value
 
 
@@ -146,7 +143,7 @@ def parse_backend(raw: str) -> str:
     found out when a world starts."""
     text = raw.strip()
     if not text or not all(c.isascii() and (c.isalnum() or c in "_-:,") for c in text):
-        raise ValueError(f"{_quoted(raw)} is not a backend name")
+        raise ValueError(f"{quote(raw)} is not a backend name")
     return text
 
 
