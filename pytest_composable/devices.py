@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,8 +38,10 @@ __all__ = [
     "Selected",
     "default_devices",
     "discover_devices",
+    "gpu_share",
     "matcher",
     "resolve_specs",
+    "share_gpus",
     "worker_index",
 ]
 
@@ -111,6 +113,67 @@ def worker_index(environ: Mapping[str, str] | None = None) -> int | None:
     env = os.environ if environ is None else environ
     match = re.fullmatch(r"gw(\d+)", env.get("PYTEST_XDIST_WORKER", ""))
     return int(match.group(1)) if match else None
+
+
+def gpu_share(worker: int, workers: int, count: int) -> list[int]:
+    """The GPUs (positions among the visible ones) of pytest-xdist worker ``worker`` of
+    ``workers``, with ``count`` GPUs visible.
+
+    At least as many GPUs as workers: each worker gets a block of its own, as even as
+    can be (4 GPUs, 2 workers: ``[0, 1]`` and ``[2, 3]``; 3 GPUs, 2 workers: ``[0]`` and
+    ``[1, 2]``). Fewer: one each, round robin, so no GPU gets a second worker while
+    another has fewer.
+    """
+    if count <= 0 or workers <= 0:
+        return []
+    if workers <= count:
+        return list(range(worker * count // workers, (worker + 1) * count // workers))
+    return [worker % count]
+
+
+class GpuShare(NamedTuple):
+    """What :func:`share_gpus` gave this worker: positions among ``of`` visible GPUs."""
+
+    gpus: list[int]
+    of: int
+
+
+def share_gpus(environ: dict[str, str] | os._Environ[str] | None = None) -> GpuShare | None:
+    """Under pytest-xdist, narrow this worker's ``CUDA_VISIBLE_DEVICES`` to its share.
+
+    Everything in the worker then follows: ``cuda`` (``cuda:0``) is its first GPU and
+    the current device, a fake world's mesh lands there, and its rank pools inherit
+    the share (rank ``r`` on the share's ``r``-th GPU). Entries of an existing
+    ``CUDA_VISIBLE_DEVICES`` are kept as they are (indices or UUIDs), only fewer.
+
+    Done only before CUDA is initialised in this process (the variable is read then):
+    ``None`` where it cannot be (CUDA already initialised), or there is nothing to share
+    (not an xdist worker, one worker, no CUDA device).
+    """
+    env = os.environ if environ is None else environ
+    worker, workers = worker_index(env), _int(env.get("PYTEST_XDIST_WORKER_COUNT", ""))
+    if worker is None or workers is None or workers < 2 or not _cuda_ready():
+        return None
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    count = _count("cuda")
+    if count == 0:
+        return None
+    names = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    share = gpu_share(worker, workers, count)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(names[i].strip() for i in share)
+    return GpuShare(share, count)
+
+
+def _cuda_ready() -> bool:
+    """This torch has CUDA, not yet initialised in this process. (Not ``is_available()``:
+    it starts the CUDA driver, which reads ``CUDA_VISIBLE_DEVICES`` once and for all.)"""
+    cuda: Any = torch.cuda
+    built: Any = torch.backends.cuda.is_built
+    return bool(built()) and not cuda.is_initialized()
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 class Selected(NamedTuple):

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
 from .marker import MarkerError, MarkerOptions, read_marker
 from .state import ComposableState
 
 if TYPE_CHECKING:
     import torch
 
+    from .devices import Selected
     from .spec import ModelSpec
 
 __all__ = ["DEVICE_FIXTURE", "MODEL_SPEC_FIXTURE", "parametrize"]
@@ -78,7 +80,34 @@ def _apply(
     if wants_models:
         metafunc.parametrize(MODEL_SPEC_FIXTURE, names, ids=names, indirect=True)
     if wants_devices:
-        metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
+        params = _device_params(options, state, _world_of(metafunc))
+        metafunc.parametrize(DEVICE_FIXTURE, params, indirect=True)
+
+
+def _world_of(metafunc: pytest.Metafunc) -> str | None:
+    """``"real"`` for a ``composable_world`` test, ``"fake"`` for a fake world's, else None."""
+    if WORLD_FIXTURE in metafunc.fixturenames:
+        return "real"
+    if FAKE_FIXTURE in metafunc.fixturenames:
+        return "fake"
+    return None
+
+
+def _for_worlds(
+    selected: list[Selected], world: str | None, keep_meta: bool = False
+) -> list[Selected]:
+    """What a world test runs on, of the session's devices: one device per type (a world's
+    ranks each take their own device of that type), and for a real world only the types
+    with a process-group backend, not meta (unless a marker names it, which then gets the
+    reason it is skipped)."""
+    if world is None:
+        return selected
+    kept: dict[str, Selected] = {}
+    for choice in selected:
+        if world == "real" and choice.device.type == "meta" and not keep_meta:
+            continue
+        kept.setdefault(choice.device.type, choice)
+    return list(kept.values())
 
 
 def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[str]:
@@ -93,10 +122,17 @@ def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[st
     return list(dict.fromkeys(options.models))
 
 
-def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
+def _device_params(options: MarkerOptions, state: ComposableState, world: str | None) -> list[Any]:
     selected = state.selection_ids
     if options.devices is None:
-        return [pytest.param(s.device, id=s.id) for s in selected]
+        runs_on = _for_worlds(selected, world)
+        if not runs_on:
+            reason = (
+                "composable: a real world needs a device with a process-group backend; "
+                f"selected: {', '.join(s.id for s in selected)}"
+            )
+            return [_skip("-".join(s.id for s in selected), reason)]
+        return [pytest.param(s.device, id=s.id) for s in runs_on]
     matchers: list[Callable[[torch.device], bool]] = []
     skipped: list[Any] = []
     for spec in options.devices:
@@ -106,7 +142,9 @@ def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
         else:
             matchers.append(matcher)
     chosen = [
-        pytest.param(s.device, id=s.id) for s in selected if any(m(s.device) for m in matchers)
+        pytest.param(s.device, id=s.id)
+        for s in _for_worlds(selected, world, keep_meta=True)
+        if any(m(s.device) for m in matchers)
     ]
     if not chosen and not skipped:
         names = ", ".join(options.devices)

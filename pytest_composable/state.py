@@ -27,7 +27,7 @@ from ._options import DeviceSelection, read_seed, read_selection
 if TYPE_CHECKING:
     import torch
 
-    from .devices import Selected
+    from .devices import GpuShare, Selected
     from .spec import ModelSpec
 
 __all__ = ["ComposableState", "resolve_selection", "state_of"]
@@ -44,14 +44,17 @@ class ComposableState:
         self.seed: int = read_seed(config)
         self._models: dict[Path, dict[str, ModelSpec]] = {}
         self._header_named_devices = False
+        self.gpu_share: GpuShare | None = None  # set by discovery, under pytest-xdist
 
     @cached_property
     def available(self) -> list[torch.device]:
         """The devices of this machine, after ``pytest_composable_devices`` edited them."""
         import torch
 
-        from .devices import discover_devices
+        from .devices import discover_devices, share_gpus
 
+        # Before discovery: under pytest-xdist it narrows what this worker sees.
+        self.gpu_share = share_gpus()
         devices: list[torch.device] = discover_devices()
         self.config.hook.pytest_composable_devices(config=self.config, devices=devices)
         try:
@@ -67,7 +70,10 @@ class ComposableState:
         """The devices the fixtures run on with their test ids (usage error for a bad spec)."""
         from .devices import worker_index
 
-        return resolve_selection(self.selection, self.available, worker_index())
+        available = self.available
+        # A worker that sees only its share of the GPUs uses the first of them.
+        worker = 0 if self.gpu_share is not None else worker_index()
+        return resolve_selection(self.selection, available, worker)
 
     @property
     def selected(self) -> list[torch.device]:

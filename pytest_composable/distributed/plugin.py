@@ -185,9 +185,12 @@ def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
         # Each node's ranks use that node's devices: under a launcher, this node's
         # share of the world, not the whole world, must find a device each.
         local = world_size if launched is None else launched.launch.local_world_size
-        count = sum(d.type == device_type for d in state_of(config).available)
+        state = state_of(config)
+        count = sum(d.type == device_type for d in state.available)
         if count < local:
             where = "this machine" if launched is None else "this node"
+            if state.gpu_share is not None and device_type == "cuda":
+                where = "this pytest-xdist worker's share"
             return (
                 f"composable: {local} ranks on {where} need {local} {device_type} devices; "
                 f"{where} has {count}"
