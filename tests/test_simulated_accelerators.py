@@ -240,3 +240,42 @@ def test_second_gpu(composable_device):
         "test_marker.py::test_second_gpu[cpu]": "PASSED",
         "test_marker.py::test_second_gpu[cuda:1]": "PASSED",
     }
+
+
+WORLD_TESTS = """
+def test_real(composable_world):
+    pass
+
+
+def test_fake(composable_fake_world):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "real", "fake"),
+    [
+        ([], ["cpu", "cuda:0"], ["cpu", "meta", "cuda:0"]),
+        (["--composable-device=all"], ["cpu", "cuda:0"], ["cpu", "meta", "cuda:0"]),
+        (["--composable-device=meta"], ["meta"], ["meta"]),
+    ],
+    ids=["default", "all", "meta"],
+)
+def test_world_tests_run_once_per_device_type(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    real: list[str],
+    fake: list[str],
+) -> None:
+    """A world's ranks each take a device of the test's type, so a world test runs once
+    per type (not once per GPU); a real world leaves out meta, which has no backend."""
+    simulate_cuda(monkeypatch, 2)
+    pytester.makepyfile(test_w=WORLD_TESTS)
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    assert collected_ids(result) == [f"test_w.py::test_real[{d}]" for d in real] + [
+        f"test_w.py::test_fake[{d}]" for d in fake
+    ]
+    if real == ["meta"]:
+        result = pytester.runpytest("-rs", *args)
+        result.stdout.fnmatch_lines(["*a real world needs a device with a process-group backend*"])
