@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["preserved_global_state", "seeded_cpu_rng"]
+__all__ = ["default_device", "preserved_global_state", "seeded_cpu_rng"]
 
 
 @contextmanager
@@ -30,17 +30,30 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
         torch.set_rng_state(state)
 
 
+def default_device() -> torch.device:
+    """``torch.get_default_device()``, also where torch's own getter fails.
+
+    After ``set_default_device(None)`` (which this module and the fixtures use to
+    restore the cpu default), an older torch (2.6) reads the cleared context and
+    raises ``AttributeError``; the default is then cpu.
+    """
+    try:
+        return torch.get_default_device()
+    except AttributeError:
+        return torch.device("cpu")
+
+
 @contextmanager
 def preserved_global_state() -> Iterator[None]:
     """Restore the default dtype, default device and grad mode after the block."""
     dtype = torch.get_default_dtype()
-    device = torch.get_default_device()
+    device = default_device()
     grad = torch.is_grad_enabled()
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
-        if torch.get_default_device() != device:
+        if default_device() != device:
             # set_default_device(cpu) would push a global DeviceContext mode that
             # slows every later torch call; None is the same cpu default without one.
             torch.set_default_device(None if device.type == "cpu" else device)
