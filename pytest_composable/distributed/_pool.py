@@ -521,8 +521,13 @@ class Launcher:
         next_id: str | None,
         timeout: float,
         pg_timeout: float,
+        join_pg_timeout: float | None = None,
     ) -> list[pytest.TestReport]:
-        """The merged reports (setup, call, teardown) of ``item`` run on every rank."""
+        """The merged reports (setup, call, teardown) of ``item`` run on every rank.
+
+        ``pg_timeout`` is the test's process-group timeout; a pool started for it
+        joins with ``join_pg_timeout`` (default: the same), at least as long.
+        """
         pool = self.pools.get(key)
         problem = pool.idle_problem() if pool is not None else None
         if pool is not None and problem is not None:
@@ -530,7 +535,7 @@ class Launcher:
             return [failure(item, "setup", problem), passed(item, "teardown")]
         start = time.time()
         try:
-            pool = self._pool(key, timeout, pg_timeout)
+            pool = self._pool(key, timeout, join_pg_timeout or pg_timeout)
         except PoolError as error:
             return [failure(item, "setup", str(error)), passed(item, "teardown")]
         try:
