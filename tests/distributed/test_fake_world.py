@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -89,3 +92,28 @@ def test_ids_and_meta(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(
         ["*test_x[[]cpu-ws2[]] PASSED*", "*test_x[[]cpu-ws8[]] PASSED*", "*[[]meta-ws8[]] PASSED*"]
     )
+
+
+WITHOUT_TESTING_MODULE = """
+import sys
+
+sys.modules["torch.testing._internal.distributed.fake_pg"] = None  # as if it were missing
+import torch
+import torch.distributed as dist
+
+from pytest_composable.distributed._fake import fake_world
+
+for device in ("cpu", "meta"):  # twice: a second registration must not be tried
+    with fake_world(8, 3, torch.device(device)) as world:
+        t = torch.ones(2)
+        dist.all_reduce(t)
+        assert (dist.get_rank(), dist.get_world_size(), world.mesh.size()) == (3, 8, 8)
+"""
+
+
+def test_fake_backend_without_torchs_testing_module() -> None:
+    """The backend the plugin registers itself where torch's fake_pg module is missing."""
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TESTING_MODULE], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
