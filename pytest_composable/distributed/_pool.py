@@ -166,6 +166,7 @@ class RankPool:
         self.config = config
         self.world_size = world_size
         self.device_type = device_type
+        self.pg_timeout = pg_timeout  # the process group's timeout as the ranks joined it
         self.procs: list[subprocess.Popen[bytes]] = []
         self.channels: dict[int, Channel] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
@@ -483,6 +484,18 @@ def _rank_options(config: pytest.Config) -> RankOptions:
     )
 
 
+def retimes_in_place() -> bool:
+    """Whether ranks can give the group they joined another timeout between tests.
+
+    The ranks retime it with ``ProcessGroup.set_timeout``. Without that method (torch
+    2.6) only ``_set_pg_timeout`` is left, which leaves a gloo group with the timeout
+    it was created with.
+    """
+    import torch.distributed as dist
+
+    return hasattr(dist.ProcessGroup, "set_timeout")
+
+
 class Launcher:
     """The session's rank pools, and running one test on them."""
 
@@ -491,6 +504,7 @@ class Launcher:
         self.pools: dict[tuple[int, str], RankPool] = {}
         self.broken: dict[tuple[int, str], str] = {}
         self.swept = False
+        self.problems: list[str] = []  # teardown errors of pools closed to change timeout
 
     def _pool(self, key: tuple[int, str], timeout: float, pg_timeout: float) -> RankPool:
         from .world import backend_for
@@ -521,21 +535,23 @@ class Launcher:
         next_id: str | None,
         timeout: float,
         pg_timeout: float,
-        join_pg_timeout: float | None = None,
     ) -> list[pytest.TestReport]:
-        """The merged reports (setup, call, teardown) of ``item`` run on every rank.
-
-        ``pg_timeout`` is the test's process-group timeout; a pool started for it
-        joins with ``join_pg_timeout`` (default: the same), at least as long.
-        """
+        """The merged reports (setup, call, teardown) of ``item`` run on every rank."""
         pool = self.pools.get(key)
         problem = pool.idle_problem() if pool is not None else None
         if pool is not None and problem is not None:
             self.discard(key)
             return [failure(item, "setup", problem), passed(item, "teardown")]
+        if pool is not None and pool.pg_timeout != pg_timeout and not retimes_in_place():
+            # Ranks whose group keeps another test's timeout would cut a longer test's
+            # slow collective short, or leave a shorter test's lost one to the deadline:
+            # they end their fixtures and new ones join with this test's timeout.
+            problem = self.finish(key)
+            if problem is not None:
+                self.problems.append(problem)
         start = time.time()
         try:
-            pool = self._pool(key, timeout, join_pg_timeout or pg_timeout)
+            pool = self._pool(key, timeout, pg_timeout)
         except PoolError as error:
             return [failure(item, "setup", str(error)), passed(item, "teardown")]
         try:
@@ -598,7 +614,7 @@ class Launcher:
 
     def close(self) -> list[str]:
         """Close every pool; what went wrong ending the ranks' fixtures."""
-        problems = []
+        problems, self.problems = self.problems, []
         for key in list(self.pools):
             problem = self.finish(key)
             if problem is not None:

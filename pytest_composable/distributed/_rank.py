@@ -129,9 +129,18 @@ def _set_pg_timeout(seconds: float) -> None:
     global _current_pg_timeout
     if seconds == _current_pg_timeout:
         return
+    import torch.distributed as dist
     from torch.distributed import distributed_c10d
 
-    distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=seconds))
+    delta = datetime.timedelta(seconds=seconds)
+    group = dist.group.WORLD
+    if group is not None and hasattr(group, "set_timeout"):
+        group.set_timeout(delta)
+    else:
+        # Without set_timeout (torch 2.6) gloo keeps its timeout whatever this does:
+        # the main process starts new ranks for a test that needs another
+        # (:func:`._pool.retimes_in_place`).
+        distributed_c10d._set_pg_timeout(delta)
     _current_pg_timeout = seconds
 
 

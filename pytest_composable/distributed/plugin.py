@@ -47,7 +47,6 @@ _RANK_SPEC = pytest.StashKey["RankSpec"]()
 _LAUNCHER = pytest.StashKey["Launcher"]()
 _TORCHRUN = pytest.StashKey["TorchrunSession"]()
 _REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
-_JOIN_PG_TIMEOUT = pytest.StashKey["dict[PoolKey, float]"]()
 _SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
 _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
 
@@ -229,26 +228,8 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
         serve(session, spec, spec.control_fd)
         return True
     session.config.stash[_REMAINING] = _remaining(session)
-    session.config.stash[_JOIN_PG_TIMEOUT] = _join_pg_timeouts(session)
     result: object = yield
     return result
-
-
-def _join_pg_timeouts(session: pytest.Session) -> dict[PoolKey, float]:
-    """The process-group timeout each rank pool joins with: the largest its tests need.
-
-    Ranks retime the group before every test, but where torch's gloo keeps the
-    timeout it was created with (torch 2.6: ``_set_pg_timeout`` changes nothing
-    there), joining with the first test's would fail a later, longer test's slow
-    collective. Joining with the largest, a shorter test's lost collective is still
-    ended by that test's deadline.
-    """
-    largest: dict[PoolKey, float] = {}
-    for item in session.items:
-        if _runs_on_ranks(item):
-            key = pool_key(item)
-            largest[key] = max(largest.get(key, 0.0), pg_timeout_for(timeout_of(item)))
-    return largest
 
 
 def _remaining(session: pytest.Session) -> dict[PoolKey, int] | None:
@@ -300,9 +281,7 @@ def _run_on_ranks(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytes
     if timer is not None:
         timeout = min(timeout, timer)
     next_id = None if last or nextitem is None else nextitem.nodeid
-    pg_timeout = pg_timeout_for(timeout)
-    join_pg_timeout = max(config.stash.get(_JOIN_PG_TIMEOUT, {}).get(key, 0.0), pg_timeout)
-    reports = launcher.run_item(item, key, next_id, timeout, pg_timeout, join_pg_timeout)
+    reports = launcher.run_item(item, key, next_id, timeout, pg_timeout_for(timeout))
     if last:
         problem = launcher.finish(key)
         if problem is not None:

@@ -170,18 +170,29 @@ def test_slow_collective(composable_world):
     if composable_world.rank == 1:
         time.sleep(6)  # past test_short's process-group timeout (4 s), well within this one's
     dist.barrier()
+
+
+@pytest.mark.composable(timeout=5)
+def test_lost_collective(composable_world):
+    if composable_world.rank == 1:
+        time.sleep(60)
+    dist.barrier()  # rank 0's ends at this test's process-group timeout (4 s)
 """
 
 
-def test_a_later_longer_test_keeps_its_process_group_timeout(pytester: pytest.Pytester) -> None:
-    # The pool starts for test_short; where torch cannot retime a gloo group in place
-    # (2.6), a pool joined with test_short's timeout would fail test_slow_collective.
+def test_each_test_gets_its_own_process_group_timeout(pytester: pytest.Pytester) -> None:
+    # One pool serves all three tests. Where torch cannot retime a gloo group in place
+    # (2.6), ranks that kept test_short's timeout would fail test_slow_collective, and
+    # ranks that kept test_slow_collective's would leave rank 0 waiting in
+    # test_lost_collective until the deadline.
     pytester.makepyfile(test_timeouts=TIMEOUTS)
     result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
     assert verbose_outcomes(result) == {
         "test_timeouts.py::test_short[cpu]": "PASSED",
         "test_timeouts.py::test_slow_collective[cpu]": "PASSED",
+        "test_timeouts.py::test_lost_collective[cpu]": "FAILED",
     }, result.stdout.str()
+    result.stdout.fnmatch_lines(["composable: timed out after 5 s; rank(s) 1 did not finish*"])
 
 
 HEALTH = """
