@@ -6,7 +6,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: examples test lint wheel-check runtime-check gpu-check benchmarks clean
+# The floor: the lowest torch pyproject.toml allows, in a venv of its own. PyPI's
+# Linux torch 2.6.0 is the CUDA build (about 3 GB with its nvidia-* wheels); it runs
+# on CPU too.
+FLOOR_TORCH := 2.6.0
+FLOOR_VENV := .venv-floor
+FLOOR_PY := $(FLOOR_VENV)/bin/python
+FLOOR_STAMP := $(FLOOR_VENV)/.installed
+
+.PHONY: examples test test-floor lint wheel-check runtime-check gpu-check benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +23,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# torch first, as above; the package's own torch>=2.6 is then already met, and the
+# check stops a pip that replaced it anyway from testing some other torch.
+$(FLOOR_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+	$(FLOOR_PY) -m pip install -q torch==$(FLOOR_TORCH)
+	$(FLOOR_PY) -m pip install -q -e '.[dev]'
+	$(FLOOR_PY) -c "import sys, torch; v = torch.__version__; sys.exit(None if v.split('+')[0] == '$(FLOOR_TORCH)' else f'$(FLOOR_VENV) has torch {v}, not $(FLOOR_TORCH)')"
+	touch $(FLOOR_STAMP)
+
 examples: $(STAMP)  ## the main job: the example suite
 	$(PY) -m pytest examples
 
 test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, two xdist workers
 	$(PY) -m pytest -n 2
+
+test-floor: $(FLOOR_STAMP)  ## the test suite on the lowest torch allowed, 2.6.0
+	$(FLOOR_PY) -m pytest -n 2 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -57,4 +78,4 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME) dist build *.egg-info
+	rm -rf $(VENV) $(FLOOR_VENV) $(RUNTIME) dist build *.egg-info

@@ -20,14 +20,10 @@ import torch
 from torch import nn
 from torch.distributed._composable import checkpoint, replicate
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from pytest_composable.models import UnitModule
-
-try:
-    from torch.distributed.fsdp import fully_shard
-except ImportError:  # torch < 2.6 kept FSDP2 under _composable
-    from torch.distributed._composable.fsdp import fully_shard
 
 if TYPE_CHECKING:
     from conftest import FqnsOf, TrainStepCheck
@@ -57,6 +53,7 @@ def test_fully_shard_keeps_fqns(
     assert all(isinstance(p, DTensor) for p in composable_model.parameters())
 
 
+@pytest.mark.usefixtures("fsdp2_trains_on_cpu")
 def test_fully_shard_matches_unsharded_training_step(
     composable_model: nn.Module,
     composable_input: torch.Tensor,
@@ -71,6 +68,7 @@ def test_fully_shard_matches_unsharded_training_step(
 
 
 @pytest.mark.composable(models=["composite_model", "composite_param_model"])
+@pytest.mark.usefixtures("fsdp2_trains_on_cpu")
 def test_checkpoint_composes_with_fully_shard(
     composable_model: nn.Module,
     composable_input: torch.Tensor,

@@ -3,8 +3,8 @@
 Discovery finds ``cpu``, ``meta`` and every device of every accelerator type
 the installed torch can see: ``cuda`` (also ROCm builds), ``xpu``, ``mps``,
 ``hpu`` and the ``privateuse1`` backend, each through its own
-``device_count()`` (``torch.accelerator`` names the current accelerator where
-the installed torch has it).
+``device_count()`` (``torch.accelerator`` names the build's accelerator where
+the installed torch can say so without touching a device).
 
 CUDA is never initialised here: ``torch.cuda.device_count()`` asks NVML first
 (and only falls back to the CUDA runtime where NVML is missing), so a process
@@ -23,6 +23,7 @@ passed to ``torch.device``, which would wrap ``cuda:256`` round to ``cuda:0``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -88,16 +89,26 @@ def _accelerator_types() -> list[str]:
     privateuse1 = torch._C._get_privateuse1_backend_name()
     if privateuse1 not in types:
         types.append(privateuse1)
-    accelerator = getattr(torch, "accelerator", None)
-    current = getattr(accelerator, "current_accelerator", None)
-    if callable(current):
-        try:
-            found = current(check_available=False)
-        except TypeError:  # torch 2.6 has no check_available
-            found = current()
-        if found is not None and found.type not in types:
-            types.append(found.type)
+    built_for = _built_accelerator()
+    if built_for is not None and built_for not in types:
+        types.append(built_for)
     return types
+
+
+def _built_accelerator() -> str | None:
+    """The accelerator type this torch build targets, asked without touching any device.
+
+    Only a ``current_accelerator`` that takes ``check_available`` can say so: the
+    older one (torch 2.6) probes for devices (on a CUDA build that is
+    ``cudaGetDeviceCount``, the CUDA initialisation discovery must avoid) and raises
+    where none is present. There the listed types stand alone, so only a build for an
+    accelerator outside them (MTIA) goes undiscovered.
+    """
+    current = getattr(getattr(torch, "accelerator", None), "current_accelerator", None)
+    if not callable(current) or "check_available" not in inspect.signature(current).parameters:
+        return None
+    found = current(check_available=False)
+    return None if found is None else str(found.type)
 
 
 def discover_devices() -> list[torch.device]:

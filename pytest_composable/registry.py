@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import models
-from .rng import preserved_global_state, seeded_cpu_rng
+from .rng import default_device, preserved_global_state, seeded_cpu_rng
 from .spec import ModelSpec
 
 __all__ = ["BUILTIN_MODELS", "RegistryError", "build_input", "build_model", "collect_models"]
@@ -66,7 +66,7 @@ def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], o
     with preserved_global_state(), seeded_cpu_rng(seed):
         # Tensors made without an explicit device must follow the value rule
         # (CPU generator), whatever default device the test has set.
-        if torch.get_default_device().type != "cpu":
+        if default_device().type != "cpu":
             torch.set_default_device(None)
         if device.type == "meta":
             return make(device)

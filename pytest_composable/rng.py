@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["preserved_global_state", "seeded_cpu_rng"]
+__all__ = ["default_device", "preserved_global_state", "seeded_cpu_rng"]
 
 
 @contextmanager
@@ -30,12 +30,25 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
         torch.set_rng_state(state)
 
 
+def default_device() -> torch.device:
+    """``torch.get_default_device()``, also where torch's own getter fails.
+
+    After ``set_default_device(None)`` (which this module and the fixtures use to
+    restore the cpu default), an older torch (2.6) reads the cleared context and
+    raises ``AttributeError``; the default is then cpu.
+    """
+    try:
+        return torch.get_default_device()
+    except AttributeError:
+        return torch.device("cpu")
+
+
 @contextmanager
 def preserved_global_state() -> Iterator[None]:
     """Restore the default dtype, default device, grad mode and deterministic-algorithms
     setting (with its warn-only flag) after the block, as a ``build()`` may change any."""
     dtype = torch.get_default_dtype()
-    device = torch.get_default_device()
+    device = default_device()
     grad = torch.is_grad_enabled()
     deterministic = _deterministic()
     try:
@@ -44,7 +57,7 @@ def preserved_global_state() -> Iterator[None]:
         torch.set_default_dtype(dtype)
         if _deterministic() != deterministic:
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
-        if torch.get_default_device() != device:
+        if default_device() != device:
             # set_default_device(cpu) would push a global DeviceContext mode that
             # slows every later torch call; None is the same cpu default without one.
             torch.set_default_device(None if device.type == "cpu" else device)

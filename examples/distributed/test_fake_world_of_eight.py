@@ -20,6 +20,7 @@ from pytest_composable.models import UnitModule
 pytestmark = pytest.mark.composable(devices=["cpu"], world_size=8)
 
 
+@pytest.mark.usefixtures("fsdp2_trains_on_cpu")
 def test_fully_shard_training_runs(
     composable_fake_world: World, composite_model: nn.Module
 ) -> None:

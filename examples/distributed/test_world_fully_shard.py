@@ -28,6 +28,7 @@ def _batches(world_size: int) -> list[torch.Tensor]:
     return [torch.randn(4, 100, generator=generator) for _ in range(world_size)]
 
 
+@pytest.mark.usefixtures("fsdp2_trains_on_cpu")
 def test_training_parity(composable_world: World, composite_model: nn.Module) -> None:
     world = composable_world
     reference = copy.deepcopy(composite_model)

@@ -21,24 +21,39 @@ __all__ = ["fake_world", "register_fake_backend"]
 _FAKE = "fake"
 
 
+_registered_here = False
+
+
 def register_fake_backend() -> None:
     """Make sure torch knows the ``fake`` backend (it is registered on first import of
     ``torch.testing._internal.distributed.fake_pg``; older torch needs that import, and
-    where that module is missing the backend is registered here)."""
+    where that module is missing the backend is registered here, once: torch 2.6
+    refuses a second registration)."""
+    global _registered_here
     import torch.distributed as dist
 
     try:
         import torch.testing._internal.distributed.fake_pg  # noqa: F401
     except ImportError:  # pragma: no cover - a torch without the testing module
+        if _registered_here:
+            return
         from torch._C._distributed_c10d import FakeProcessGroup
 
+        # The stubs lag behind: _create_internal takes the backend options too.
+        fake: Any = FakeProcessGroup
+
         def create(common_opts: Any, backend_opts: Any) -> Any:
-            make: Any = getattr(FakeProcessGroup, "_create_internal", FakeProcessGroup)
-            return make(common_opts.group_rank, common_opts.group_size, backend_opts)
+            rank, size = common_opts.group_rank, common_opts.group_size
+            # Without _create_internal (torch 2.6) the constructor is the way in, and
+            # it takes no options.
+            if hasattr(fake, "_create_internal"):
+                return fake._create_internal(rank, size, backend_opts)
+            return fake(rank, size)
 
         dist.Backend.register_backend(
             _FAKE, create, extended_api=True, devices=["cpu", "cuda", "hpu", "xpu"]
         )
+        _registered_here = True
 
 
 @contextmanager

@@ -165,10 +165,13 @@ class RankPool:
         device_type: str,
         backend: str,
         join_timeout: float,
+        pg_timeout: float | None = None,
     ) -> None:
         self.config = config
         self.world_size = world_size
         self.device_type = device_type
+        # The timeout the ranks' group is made with, where it cannot be changed later.
+        self.pg_timeout = pg_timeout
         self.procs: list[subprocess.Popen[bytes]] = []
         self.channels: dict[int, Channel] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
@@ -178,7 +181,7 @@ class RankPool:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX)
             for rank in range(world_size):
-                self.procs.append(self._spawn(rank, backend, join_timeout))
+                self.procs.append(self._spawn(rank, backend, join_timeout, pg_timeout))
             self.reaper = subprocess.Popen(
                 [
                     sys.executable,
@@ -204,7 +207,9 @@ class RankPool:
     def stacks(self, rank: int) -> Path:
         return self.directory / f"stacks-rank{rank}.txt"
 
-    def _spawn(self, rank: int, backend: str, join_timeout: float) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, rank: int, backend: str, join_timeout: float, pg_timeout: float | None
+    ) -> subprocess.Popen[bytes]:
         ours, theirs = socket.socketpair()
         try:
             spec = RankSpec(
@@ -215,6 +220,7 @@ class RankPool:
                 device_type=self.device_type,
                 backend=backend,
                 join_timeout=join_timeout,
+                pg_timeout=pg_timeout,
                 parent_pid=os.getpid(),
                 stack_file=str(self.stacks(rank)),
             )
@@ -493,6 +499,18 @@ def _rank_options(config: pytest.Config) -> RankOptions:
     )
 
 
+def retimes_in_place() -> bool:
+    """Whether ranks can give the group they joined another timeout between tests.
+
+    The ranks retime it with ``ProcessGroup.set_timeout``. Without that method (torch
+    2.6) only ``_set_pg_timeout`` is left, which leaves a gloo group with the timeout
+    it was created with.
+    """
+    import torch.distributed as dist
+
+    return hasattr(dist.ProcessGroup, "set_timeout")
+
+
 class Launcher:
     """The session's rank pools, and running one test on them."""
 
@@ -501,8 +519,9 @@ class Launcher:
         self.pools: dict[PoolKey, RankPool] = {}
         self.broken: dict[PoolKey, str] = {}
         self.swept = False
+        self.problems: list[str] = []  # teardown errors of pools closed to change timeout
 
-    def _pool(self, key: PoolKey, timeout: float) -> RankPool:
+    def _pool(self, key: PoolKey, timeout: float, pg_timeout: float) -> RankPool:
         from .world import backend_for
 
         pool = self.pools.get(key)
@@ -523,6 +542,7 @@ class Launcher:
                 device_type,
                 backend or backend_for(device_type),
                 start_timeout + _JOIN_GRACE,
+                None if retimes_in_place() else pg_timeout,
             )
             try:
                 pool.start(start_timeout)
@@ -546,9 +566,16 @@ class Launcher:
         if pool is not None and problem is not None:
             self.discard(key)
             return [failure(item, "setup", problem), passed(item, "teardown")]
+        if pool is not None and pool.pg_timeout not in (None, pg_timeout):
+            # Ranks whose group keeps another test's timeout would cut a longer test's
+            # slow collective short, or leave a shorter test's lost one to the deadline:
+            # they end their fixtures and new ones join with this test's timeout.
+            problem = self.finish(key)
+            if problem is not None:
+                self.problems.append(problem)
         start = time.time()
         try:
-            pool = self._pool(key, timeout)
+            pool = self._pool(key, timeout, pg_timeout)
         except PoolError as error:
             return [failure(item, "setup", str(error)), passed(item, "teardown")]
         try:
@@ -611,7 +638,7 @@ class Launcher:
 
     def close(self) -> list[str]:
         """Close every pool; what went wrong ending the ranks' fixtures."""
-        problems = []
+        problems, self.problems = self.problems, []
         for key in list(self.pools):
             problem = self.finish(key)
             if problem is not None:

@@ -58,6 +58,9 @@ class RankSpec:
     join_timeout: float  # for the rendezvous; each Run then sets the test's own timeout
     parent_pid: int
     stack_file: str
+    # Where the group cannot be retimed once made (torch 2.6): the timeout to make it
+    # with, after the ranks met in the store within join_timeout.
+    pg_timeout: float | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))

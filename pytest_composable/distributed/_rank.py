@@ -98,12 +98,20 @@ def _join(spec: RankSpec) -> RankContext:
     if spec.device_type == "cuda":
         torch.cuda.set_device(spec.rank)
     store = FileStore(spec.store, spec.world_size)
+    timeout = spec.join_timeout
+    if spec.pg_timeout is not None:
+        # The group keeps the timeout it is made with: the ranks first meet in the store
+        # (a late rank is still named by the main process), then make it with the test's.
+        store.set_timeout(datetime.timedelta(seconds=spec.join_timeout))
+        store.set(f"composable-arrived-{spec.rank}", "1")
+        store.wait([f"composable-arrived-{r}" for r in range(spec.world_size)])
+        timeout = spec.pg_timeout
     dist.init_process_group(
         spec.backend,
         store=store,
         rank=spec.rank,
         world_size=spec.world_size,
-        timeout=datetime.timedelta(seconds=spec.join_timeout),
+        timeout=datetime.timedelta(seconds=timeout),
     )
     return RankContext(
         spec.rank,
@@ -138,9 +146,18 @@ def _set_pg_timeout(seconds: float) -> None:
     global _current_pg_timeout
     if seconds == _current_pg_timeout:
         return
+    import torch.distributed as dist
     from torch.distributed import distributed_c10d
 
-    distributed_c10d._set_pg_timeout(datetime.timedelta(seconds=seconds))
+    delta = datetime.timedelta(seconds=seconds)
+    group = dist.group.WORLD
+    if group is not None and hasattr(group, "set_timeout"):
+        group.set_timeout(delta)
+    else:
+        # Without set_timeout (torch 2.6) gloo keeps its timeout whatever this does:
+        # the main process starts new ranks for a test that needs another
+        # (:func:`._pool.retimes_in_place`).
+        distributed_c10d._set_pg_timeout(delta)
     _current_pg_timeout = seconds
 
 

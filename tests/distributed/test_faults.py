@@ -152,3 +152,107 @@ def test_no_rank_survives_the_session(
     # pools' directories go with them.
     assert_gone([int(p.read_text()) for p in pids.iterdir()])
     assert_no_pool_directory(temp)
+
+
+TIMEOUTS = """
+import time
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.mark.composable(timeout=5)
+def test_short(composable_world):
+    dist.barrier()
+
+
+@pytest.mark.composable(timeout=30)
+def test_slow_collective(composable_world):
+    if composable_world.rank == 1:
+        time.sleep(6)  # past test_short's process-group timeout (4 s), well within this one's
+    dist.barrier()
+
+
+@pytest.mark.composable(timeout=5)
+def test_lost_collective(composable_world):
+    if composable_world.rank == 1:
+        time.sleep(60)
+    dist.barrier()  # rank 0's ends at this test's process-group timeout (4 s)
+"""
+
+
+def test_each_test_gets_its_own_process_group_timeout(pytester: pytest.Pytester) -> None:
+    # One pool serves all three tests. Where torch cannot retime a gloo group in place
+    # (2.6), ranks that kept test_short's timeout would fail test_slow_collective, and
+    # ranks that kept test_slow_collective's would leave rank 0 waiting in
+    # test_lost_collective until the deadline.
+    pytester.makepyfile(test_timeouts=TIMEOUTS)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert verbose_outcomes(result) == {
+        "test_timeouts.py::test_short[cpu]": "PASSED",
+        "test_timeouts.py::test_slow_collective[cpu]": "PASSED",
+        "test_timeouts.py::test_lost_collective[cpu]": "FAILED",
+    }, result.stdout.str()
+    result.stdout.fnmatch_lines(["composable: timed out after 5 s; rank(s) 1 did not finish*"])
+
+
+HEALTH = """
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+def _record(name, world):
+    Path(f"{name}-rank{world.rank}").write_text(str(os.getpid()))
+
+
+def test_fails(composable_world):
+    _record("fails", composable_world)
+    dist.barrier()
+    assert composable_world.rank != 1
+
+
+def test_after_failure(composable_world):
+    _record("after_failure", composable_world)
+
+
+def test_stray_collective(composable_world):
+    if composable_world.rank == 1:
+        dist.all_reduce(torch.ones(1), async_op=True)  # one that rank 0 never joins
+    assert composable_world.rank != 1
+
+
+def test_after_stray(composable_world):
+    t = torch.ones(1)
+    dist.all_reduce(t)
+    assert t.item() == 2
+    _record("after_stray", composable_world)
+"""
+
+
+def test_health_check_keeps_sound_ranks_and_replaces_the_others(
+    pytester: pytest.Pytester,
+) -> None:
+    # The barrier after a failure takes a timeout; where dist.barrier has none (torch
+    # 2.6), an all_reduce waited on with a timeout stands in: both verdicts are checked.
+    pytester.makepyfile(test_health=HEALTH)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert verbose_outcomes(result) == {
+        "test_health.py::test_fails[cpu]": "FAILED",
+        "test_health.py::test_after_failure[cpu]": "PASSED",
+        "test_health.py::test_stray_collective[cpu]": "FAILED",
+        "test_health.py::test_after_stray[cpu]": "PASSED",
+    }, result.stdout.str()
+
+    def pids(name: str) -> list[str]:
+        return [(pytester.path / f"{name}-rank{rank}").read_text() for rank in (0, 1)]
+
+    assert pids("after_failure") == pids("fails")
+    assert not set(pids("after_stray")) & set(pids("fails"))
