@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from ._policy import pg_timeout_for, timeout_of
+from ._rank import set_pg_timeout
 from ._reports import failure, merge_reports, passed, serialize, unserialize
 from .world import RankContext, backend_for, forget_meshes
 
@@ -362,6 +363,9 @@ class LaunchedSession:
             return True
         timeout = timeout_of(item)
         self.join(pg_timeout_for(timeout))
+        # Each test's collectives wait as long as its own deadline allows (on a torch
+        # that can retime a group in place; torch 2.6 keeps the first test's).
+        set_pg_timeout(pg_timeout_for(timeout))
         if self._told_to_stop(False):
             # Rank 0 stopped the session (-x, --maxfail, an interrupt): so do we, now.
             self.stopped = True

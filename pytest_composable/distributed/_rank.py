@@ -51,6 +51,7 @@ __all__ = [
     "context",
     "install_stack_dump",
     "serve",
+    "set_pg_timeout",
     "watch_parent",
 ]
 
@@ -141,7 +142,7 @@ def _leave() -> None:
 _current_pg_timeout: float | None = None
 
 
-def _set_pg_timeout(seconds: float) -> None:
+def set_pg_timeout(seconds: float) -> None:
     """Give the process group the timeout of the test about to run."""
     global _current_pg_timeout
     if seconds == _current_pg_timeout:
@@ -167,7 +168,7 @@ def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Do
     item = items.get(run.nodeid)
     if item is None:
         return Missing(run.nodeid)
-    _set_pg_timeout(run.pg_timeout)
+    set_pg_timeout(run.pg_timeout)
     # The main process names the next test of the session, as pytest's own loop
     # would, so fixtures the next test does not share end with this one.
     nextitem = items.get(run.next_id) if run.next_id is not None else None
