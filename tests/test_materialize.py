@@ -12,6 +12,7 @@ from torch import nn
 
 import pytest_composable
 from pytest_composable import materialize, models
+from pytest_composable.rng import default_device
 from tests.test_models import MODEL_NAMES, assert_same_tensors, build, hidden_tensors
 
 
@@ -74,7 +75,7 @@ def test_materialize_leaves_global_state_alone(device: str) -> None:
     torch.manual_seed(99)
     rng_before = torch.get_rng_state()
     dtype_before = torch.get_default_dtype()
-    device_before = torch.get_default_device()
+    device_before = default_device()
     with torch.no_grad():
         materialize(models.CompositeParamModel("meta"), device, seed=4)
         assert not torch.is_grad_enabled()
@@ -83,7 +84,7 @@ def test_materialize_leaves_global_state_alone(device: str) -> None:
     assert torch.is_grad_enabled()
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert torch.get_default_dtype() == dtype_before
-    assert torch.get_default_device() == device_before
+    assert default_device() == device_before
 
 
 def test_materialize_keeps_a_non_default_dtype() -> None:

@@ -66,6 +66,9 @@ def _simulated_count(device_type):
     return {count} if device_type == "cuda" else _real_count(device_type)
 
 devices._count = _simulated_count
+# As if CUDA were already initialised in the workers: the worker-modulo rule, whatever
+# this torch build is (tests/test_gpu_share.py simulates the share of a fresh worker).
+devices._cuda_ready = lambda: False
 """
 
 
@@ -77,6 +80,7 @@ def simulate_cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
         return count if device_type == "cuda" else real_count(device_type)
 
     monkeypatch.setattr(devices, "_count", simulated_count)
+    monkeypatch.setattr(devices, "_cuda_ready", lambda: False)  # the worker-modulo rule
 
 
 def seen_devices(pytester: pytest.Pytester) -> dict[str, str]:
