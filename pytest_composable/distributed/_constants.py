@@ -9,6 +9,8 @@ __all__ = [
     "MAX_WORLD_SIZE",
     "MIN_START_TIMEOUT",
     "RANK_ENV",
+    "START_ENV",
+    "START_MODES",
     "TIMEOUT_ENV",
     "WORLD_FIXTURE",
     "WORLD_SIZE_ENV",
@@ -31,3 +33,6 @@ MIN_START_TIMEOUT = 20.0
 (importing torch and collecting on every rank of a loaded machine)."""
 TIMEOUT_ENV = "PYTEST_COMPOSABLE_TIMEOUT"
 WORLD_SIZE_ENV = "PYTEST_COMPOSABLE_WORLD_SIZE"
+START_ENV = "PYTEST_COMPOSABLE_START"
+START_MODES = ("warm", "cold")
+"""How rank processes start; the first is the default."""

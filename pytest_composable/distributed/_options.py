@@ -1,7 +1,7 @@
 """The distributed options and ini settings, read with their precedence and checked (torch-free).
 
-``--composable-world-size`` and ``--composable-timeout`` each have an
-environment variable and an ini setting. Precedence, for each one: the
+``--composable-world-size``, ``--composable-timeout`` and ``--composable-start``
+each have an environment variable and an ini setting. Precedence, for each one: the
 command line > the environment variable > the ini setting > the default.
 A value from any source is checked at configure time: a bad one is a usage
 error (exit 4) that names its source and the value, before anything is
@@ -21,6 +21,8 @@ from ._constants import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
     MAX_WORLD_SIZE,
+    START_ENV,
+    START_MODES,
     TIMEOUT_ENV,
     WORLD_SIZE_ENV,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "SETTINGS_KEY",
     "DistributedSettings",
     "add_options",
+    "parse_start",
     "parse_timeout",
     "parse_world_size",
     "read_settings",
@@ -37,6 +40,7 @@ __all__ = [
 
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
+_START_INI = "composable_start"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -65,6 +69,27 @@ def add_options(parser: pytest.Parser) -> None:
             "past it fails with every rank's Python stack and its ranks are restarted; the "
             "process group's own timeout follows the test's deadline, a little below it."
         ),
+    )
+    group.addoption(
+        "--composable-start",
+        default=None,
+        dest="composable_start",
+        metavar="|".join(START_MODES),
+        help=(
+            "How rank processes start under plain pytest. warm (the default): each rank is "
+            "forked from a template process that already imported torch and the test modules "
+            "(fast; module-level code runs once, in the main process, before any rank exists). "
+            "cold: each rank is a fresh interpreter that imports and collects everything "
+            "itself. warm falls back to cold, saying why, where forking is unsafe (threads, "
+            f"an initialised accelerator). Precedence: this option > {START_ENV} > the "
+            f"{_START_INI} ini setting > warm."
+        ),
+    )
+    parser.addini(
+        _START_INI,
+        type="string",
+        default="",
+        help=f"How ranks start: warm (default) or cold; {START_ENV} and --composable-start win.",
     )
     parser.addini(
         _WORLD_SIZE_INI,
@@ -112,12 +137,22 @@ def parse_timeout(raw: str) -> float:
     return value
 
 
+def parse_start(raw: str) -> str:
+    """A start mode from text: one of :data:`START_MODES`; ``ValueError`` otherwise."""
+    value = raw.strip().lower()
+    if value not in START_MODES:
+        raise ValueError(f"{_quoted(raw)} is not one of {', '.join(START_MODES)}")
+    return value
+
+
 @dataclass(frozen=True)
 class DistributedSettings:
-    """The session's default world size and deadline, after precedence and checks."""
+    """The session's default world size, deadline and rank start mode, after precedence
+    and checks."""
 
     world_size: int
     timeout: float
+    start: str = START_MODES[0]
 
 
 def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, str] | None:
@@ -133,7 +168,7 @@ def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, 
 
 
 def read_settings(config: pytest.Config) -> DistributedSettings:
-    """Read both settings by precedence; a bad value is a :class:`pytest.UsageError`."""
+    """Read every setting by precedence; a bad value is a :class:`pytest.UsageError`."""
     world_size = DEFAULT_WORLD_SIZE
     timeout = DEFAULT_TIMEOUT
     picked = _pick(config, "--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI)
@@ -148,7 +183,14 @@ def read_settings(config: pytest.Config) -> DistributedSettings:
             timeout = parse_timeout(picked[0])
         except ValueError as error:
             raise pytest.UsageError(f"composable: {picked[1]}: timeout {error}") from None
-    return DistributedSettings(world_size, timeout)
+    start = START_MODES[0]
+    picked = _pick(config, "--composable-start", START_ENV, _START_INI)
+    if picked is not None:
+        try:
+            start = parse_start(picked[0])
+        except ValueError as error:
+            raise pytest.UsageError(f"composable: {picked[1]}: start mode {error}") from None
+    return DistributedSettings(world_size, timeout, start)
 
 
 SETTINGS_KEY = pytest.StashKey[DistributedSettings]()

@@ -14,6 +14,7 @@ The hooks here stay thin; what they decide comes from :mod:`._policy` and
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import pytest
 
 from ..marker import MarkerError
 from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
-from ._options import SETTINGS_KEY, add_options, read_settings
+from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
     PoolKey,
     device_type_of,
@@ -83,6 +84,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
 
 
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    # Warm start must know which threads importing torch started (harmless to fork)
+    # and which came later (an OpenMP pool is not): note them when torch first appears.
+    if "torch" in sys.modules:
+        from ._warm import note_threads
+
+        note_threads()
+
+
 def _launcher(config: pytest.Config) -> Launcher:
     launcher = config.stash.get(_LAUNCHER, None)
     if launcher is None:
@@ -107,6 +117,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     problems = launcher.close()
     if problems:
         _report_problems(session, problems)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    launcher = terminalreporter.config.stash.get(_LAUNCHER, None)
+    if launcher is not None and launcher.cold_reason is not None:
+        terminalreporter.write_line(f"composable: ranks started cold: {launcher.cold_reason}")
 
 
 def _report_problems(session: pytest.Session, problems: list[str]) -> None:
@@ -227,7 +243,20 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
 
         serve(session, spec, spec.control_fd)
         return True
-    session.config.stash[_REMAINING] = _remaining(session)
+    remaining = session.config.stash[_REMAINING] = _remaining(session)
+    if (
+        settings_of(session.config).start == "warm"
+        and _TORCHRUN not in session.config.stash
+        and not session.config.option.collectonly
+        and (
+            any(remaining.values())
+            if remaining is not None
+            else any(_runs_on_ranks(item) for item in session.items)
+        )
+    ):
+        # Before the first test: the template forked now holds the collected modules
+        # and no test's state.
+        _launcher(session.config).warm_up()
     result: object = yield
     return result
 
@@ -288,6 +317,8 @@ def _run_on_ranks(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytes
             from ._reports import failure
 
             reports.append(failure(item, "teardown", problem))
+        if remaining is not None and all(count <= 0 for count in remaining.values()):
+            launcher.retire_template()  # no test needs ranks any more
     return reports
 
 
