@@ -32,12 +32,13 @@ BENCHMARKS: tuple[tuple[Callable[[int], Result], int], ...] = (
 
 
 def table(results: list[Result]) -> str:
-    header = ("benchmark", "A median s", "B median s", "wall A/B", "target", "CPU A/B", "")
+    header = ("benchmark", "A median", "B median", "measure", "value", "target", "CPU A/B", "")
     rows = [
         (
             r.name,
-            f"{r.a.wall_median:.3f}",
-            f"{r.b.wall_median:.3f}",
+            f"{r.a.wall_median:.4f} s",
+            f"{r.b.wall_median:.4f} s",
+            r.metric,
             f"{r.ratio:.3f}",
             f"<= {r.target:.2f}",
             f"{r.cpu_ratio:.3f}",

@@ -78,12 +78,12 @@ def _tasks() -> int:
 
 
 def note_threads() -> None:
-    """Remember how many threads this process had when torch was first seen imported.
+    """Remember how many threads this process had right after torch was imported.
 
     Importing torch (and numpy's BLAS) starts threads that survive a fork
     harmlessly; threads started later, such as an OpenMP pool spun up by a
-    parallel tensor operation, do not. Called at configure time and after each
-    collected module until torch is there; cheap (one ``listdir``)."""
+    parallel tensor operation, do not. The plugin calls this when torch's import
+    completes (or at configure time, if torch came first); cheap (one ``listdir``)."""
     global _tasks_after_torch
     if _tasks_after_torch is None and "torch" in sys.modules:
         _tasks_after_torch = _tasks()
