@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 MODELS = (
     ("unit_module", "UnitModule"),
@@ -178,6 +179,22 @@ def run_once(
     return wall, cpu
 
 
+T = TypeVar("T")
+
+
+def interleave(once: Callable[[int], T], rounds: int) -> tuple[list[T], list[T]]:
+    """``once(0)`` (side A) and ``once(1)`` (side B): one untimed warm-up run of each
+    (bytecode and file system caches), then ``rounds`` rounds alternating the order
+    (A B, B A, ...); the samples of each side."""
+    samples: tuple[list[T], list[T]] = ([], [])
+    once(0)
+    once(1)
+    for round_index in range(rounds):
+        for side in (0, 1) if round_index % 2 == 0 else (1, 0):
+            samples[side].append(once(side))
+    return samples
+
+
 def compare(
     name: str,
     target: float,
@@ -194,17 +211,12 @@ def compare(
     (one for both sides, or A's and B's) and exit with its side's code (``None``: any)."""
     sides = (a, b)
     outputs = (expect_output, expect_output) if isinstance(expect_output, str) else expect_output
-    samples: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
 
     def once(side: int) -> tuple[float, float]:
         _, command, cwd = sides[side]
         return run_once(command, cwd, outputs[side], codes[side], env)
 
-    for side in (0, 1):  # warm-up: bytecode caches, file system caches
-        once(side)
-    for round_index in range(rounds):
-        for side in (0, 1) if round_index % 2 == 0 else (1, 0):
-            samples[side].append(once(side))
+    samples = interleave(once, rounds)
 
     def timings(side: int) -> Timings:
         walls, cpus = zip(*samples[side], strict=True)

@@ -40,7 +40,9 @@ from _harness import (
     add_arguments,
     apply_arguments,
     compare,
+    interleave,
     pytest_command,
+    run_once,
     scratch_dir,
     write,
 )
@@ -243,20 +245,14 @@ def compare_env(
 ) -> Result:
     """As :func:`_harness.compare` with kind ``difference``, each side with its own
     environment, exit code and expected output."""
-    from _harness import run_once
 
     sides = (a, b)
-    samples: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
 
     def once(side: int) -> tuple[float, float]:
         (_, command, cwd), env, code, output = sides[side]
         return run_once(command, cwd, output, code, env)
 
-    once(0)
-    once(1)
-    for round_index in range(rounds):
-        for side in (0, 1) if round_index % 2 == 0 else (1, 0):
-            samples[side].append(once(side))
+    samples = interleave(once, rounds)
 
     def timings(side: int) -> Timings:
         walls, cpus = zip(*samples[side], strict=True)
@@ -276,7 +272,6 @@ def per_test(root: Path, rounds: int) -> Result:
             "no:composable",
         ),
     )
-    samples: tuple[list[float], list[float]] = ([], [])
 
     def once(side: int) -> float:
         _, command, cwd = sides[side]
@@ -286,11 +281,7 @@ def per_test(root: Path, rounds: int) -> Result:
         stamps = [float(x) for x in (cwd / "stamps.txt").read_text().split()]
         return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
 
-    once(0)
-    once(1)
-    for round_index in range(rounds):
-        for side in (0, 1) if round_index % 2 == 0 else (1, 0):
-            samples[side].append(once(side))
+    samples = interleave(once, rounds)
 
     def timings(side: int) -> Timings:
         return Timings(sides[side][0], tuple(samples[side]), tuple(0.0 for _ in samples[side]))

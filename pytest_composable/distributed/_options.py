@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pytest
 
@@ -41,6 +43,7 @@ __all__ = [
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
 _START_INI = "composable_start"
+T = TypeVar("T")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -167,30 +170,49 @@ def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, 
     return None
 
 
+def _read(
+    config: pytest.Config,
+    source: tuple[str, str, str],
+    parse: Callable[[str], T],
+    what: str,
+    default: T,
+) -> T:
+    """One setting from its ``(option, env variable, ini name)`` by precedence, parsed; a
+    bad value is a :class:`pytest.UsageError` naming its source."""
+    picked = _pick(config, *source)
+    if picked is None:
+        return default
+    try:
+        return parse(picked[0])
+    except ValueError as error:
+        raise pytest.UsageError(f"composable: {picked[1]}: {what} {error}") from None
+
+
 def read_settings(config: pytest.Config) -> DistributedSettings:
     """Read every setting by precedence; a bad value is a :class:`pytest.UsageError`."""
-    world_size = DEFAULT_WORLD_SIZE
-    timeout = DEFAULT_TIMEOUT
-    picked = _pick(config, "--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI)
-    if picked is not None:
-        try:
-            world_size = parse_world_size(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: world size {error}") from None
-    picked = _pick(config, "--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI)
-    if picked is not None:
-        try:
-            timeout = parse_timeout(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: timeout {error}") from None
-    start = START_MODES[0]
-    picked = _pick(config, "--composable-start", START_ENV, _START_INI)
-    if picked is not None:
-        try:
-            start = parse_start(picked[0])
-        except ValueError as error:
-            raise pytest.UsageError(f"composable: {picked[1]}: start mode {error}") from None
-    return DistributedSettings(world_size, timeout, start)
+    return DistributedSettings(
+        _read(
+            config,
+            ("--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI),
+            parse_world_size,
+            "world size",
+            DEFAULT_WORLD_SIZE,
+        ),
+        _read(
+            config,
+            ("--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI),
+            parse_timeout,
+            "timeout",
+            DEFAULT_TIMEOUT,
+        ),
+        _read(
+            config,
+            ("--composable-start", START_ENV, _START_INI),
+            parse_start,
+            "start mode",
+            START_MODES[0],
+        ),
+    )
 
 
 SETTINGS_KEY = pytest.StashKey[DistributedSettings]()
