@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: examples test lint wheel-check benchmarks clean
+.PHONY: examples test lint wheel-check benchmarks benchmarks-warm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,11 @@ wheel-check: $(STAMP)  ## build the wheel, install it instead of the editable co
 	cd /tmp && $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --rootdir=$(CURDIR)/examples $(CURDIR)/examples -q
 	$(PY) -m pip install -q --no-deps -e .
 
-benchmarks: $(STAMP)
+benchmarks: $(STAMP)  ## every benchmark, bench_warm.py included (exit 1 on a missed target)
 	$(PY) benchmarks/run_all.py
+
+benchmarks-warm: $(STAMP)  ## warm rank start only: benchmarks/bench_warm.py (about 6 minutes)
+	$(PY) benchmarks/bench_warm.py --pss
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info

@@ -54,7 +54,13 @@ class Timings:
     def cpu_median(self) -> float:
         return statistics.median(self.cpu)
 
-    def line(self, side: str) -> str:
+    def line(self, side: str, per_test: bool = False) -> str:
+        if per_test:  # samples are per-test times: shown in ms, no CPU time
+            times = ", ".join(f"{v * 1000:.2f}" for v in self.wall)
+            return (
+                f"  {side} {self.label}: per test median {self.wall_median * 1000:.2f} ms "
+                f"(min {min(self.wall) * 1000:.2f})  [{times}]"
+            )
         walls = ", ".join(f"{v:.3f}" for v in self.wall)
         return (
             f"  {side} {self.label}: wall median {self.wall_median:.3f} s "
@@ -107,8 +113,8 @@ class Result:
             [
                 f"{self.name}: {self.metric} {self.ratio:.3f} (target <= {self.target:.2f}, "
                 f"{verdict}), CPU ratio {self.cpu_ratio:.3f}",
-                self.a.line("A"),
-                self.b.line("B"),
+                self.a.line("A", self.kind == "per-test"),
+                self.b.line("B", self.kind == "per-test"),
             ]
         )
 
