@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: examples test lint wheel-check benchmarks benchmarks-warm clean
+.PHONY: examples test lint wheel-check runtime-check gpu-check benchmarks benchmarks-warm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 examples: $(STAMP)  ## the main job: the example suite
 	$(PY) -m pytest examples
 
-test: $(STAMP)  ## the test suite (pytester runs, two xdist workers)
-	$(PY) -m pytest -n 2 tests
+test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, two xdist workers
+	$(PY) -m pytest -n 2
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -34,6 +34,25 @@ wheel-check: $(STAMP)  ## build the wheel, install it instead of the editable co
 	cd /tmp && $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --rootdir=$(CURDIR)/examples $(CURDIR)/examples -q
 	$(PY) -m pip install -q --no-deps -e .
 
+# What users install: torch, pytest and pluggy only (no numpy, no dev extras), with this
+# package installed as a wheel would be; the launched (torchrun, srun, mpirun) paths run there.
+RUNTIME := .venv-runtime
+$(RUNTIME)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/python -m pip install -q --upgrade pip
+	$(RUNTIME)/bin/python -m pip install -q torch==2.13.0
+	$(RUNTIME)/bin/python -m pip install -q .
+	touch $@
+
+runtime-check: $(RUNTIME)/.installed  ## torchrun, srun and mpirun sessions without numpy
+	$(RUNTIME)/bin/python -m pip install -q --force-reinstall --no-deps .
+	! $(RUNTIME)/bin/python -c "import numpy" 2>/dev/null
+	cd examples && OMP_NUM_THREADS=1 ../$(RUNTIME)/bin/python -m torch.distributed.run --standalone --nproc-per-node=2 -m pytest -p no:cacheprovider -q -rs .
+	$(RUNTIME)/bin/python -m pytest -p no:cacheprovider -q -rs tests/distributed/test_launchers.py tests/distributed/test_torchrun.py
+
+gpu-check:  ## on a CUDA machine: its python3 and this checkout, nothing installed
+	PYTHON=$(PYTHON) .ci/gpu-check
+
 benchmarks: $(STAMP)  ## every benchmark, bench_warm.py included (exit 1 on a missed target)
 	$(PY) benchmarks/run_all.py
 
@@ -41,4 +60,4 @@ benchmarks-warm: $(STAMP)  ## warm rank start only: benchmarks/bench_warm.py (ab
 	$(PY) benchmarks/bench_warm.py --pss
 
 clean:
-	rm -rf $(VENV) dist build *.egg-info
+	rm -rf $(VENV) $(RUNTIME) dist build *.egg-info

@@ -288,7 +288,7 @@ def model_suite_sides(root: Path, *extra_args: str) -> tuple[Side, Side]:
     Returns the (label, command, directory) of each side for :func:`compare`.
     """
     ours, baseline = root / "composable", root / "by_hand"
-    write(ours / "pytest.ini", INI + f"    composable_devices = {' '.join(DEVICES)}\n")
+    write(ours / "pytest.ini", INI + f"    composable_device = {' '.join(DEVICES)}\n")
     write(ours / "test_models.py", MODEL_TEST)
     write(baseline / "pytest.ini", INI)
     write(baseline / "conftest.py", BASELINE_CONFTEST)

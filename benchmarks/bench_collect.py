@@ -3,7 +3,7 @@
 Both generated suites hold the same test file: ``@pytest.mark.parametrize("i",
 range(100))`` on a test that takes ``composable_model``. A gets
 ``composable_model`` from pytest-composable (5 models x devices cpu and meta,
-set with the ``composable_devices`` ini setting); B runs with
+set with the ``composable_device`` ini setting); B runs with
 ``-p no:composable`` and a ``conftest.py`` whose hand-written, parametrized
 ``composable_model`` fixture builds the same models on the same devices (it
 imports torch and the model classes, as the plugin does). Both sides collect

@@ -7,17 +7,29 @@ from dataclasses import dataclass
 
 import pytest
 
+from ._text import quote
+
 __all__ = [
     "DEVICE_ENV",
+    "DEVICE_INI",
     "GROUP",
     "GROUP_DESCRIPTION",
+    "SEED_LIMIT",
     "DeviceSelection",
     "add_options",
+    "parse_seed",
     "read_seed",
     "read_selection",
+    "split_specs",
 ]
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
+DEVICE_INI = "composable_device"
+DEVICE_INI_ALIAS = "composable_devices"
+SEED_LIMIT = 2**64
+# The default of the device ini settings: "unset", as no ini value can hold a NUL
+# character, so that an ini line with an empty value is told apart from no line.
+_UNSET = ["\0"]
 GROUP = "composable"
 GROUP_DESCRIPTION = "composable models, devices and distributed worlds (pytest-composable)"
 
@@ -34,7 +46,7 @@ def add_options(parser: pytest.Parser) -> None:
             "Device(s) the composable fixtures run on: cpu, meta, cuda (this process's GPU; "
             "under pytest-xdist the worker index modulo the visible GPUs), cuda:1, any other "
             "accelerator type, or all. Repeatable; comma lists work. Precedence: this option > "
-            f"the {DEVICE_ENV} environment variable > the composable_devices ini setting > "
+            f"the {DEVICE_ENV} environment variable > the {DEVICE_INI} ini setting > "
             "the default (cpu, meta and the first device of each available accelerator type). "
             "A device this machine lacks is a usage error."
         ),
@@ -42,19 +54,19 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption(
         "--composable-seed",
         action="store",
-        type=int,
         dest="composable_seed",
         default=None,
         metavar="N",
         help=(
-            "Seed the composable models and inputs are built with (default 0). Precedence: "
-            "this option > the composable_seed ini setting > 0."
+            "Seed the composable models and inputs are built with: an integer from 0 to "
+            "2**64 - 1 (default 0). Precedence: this option > the composable_seed ini "
+            "setting > 0."
         ),
     )
     parser.addini(
-        "composable_devices",
+        DEVICE_INI,
         type="args",
-        default=[],
+        default=_UNSET,
         help=(
             "Devices the composable fixtures run on (same specs as --composable-device, "
             f"space or comma separated); overridden by {DEVICE_ENV} and --composable-device. "
@@ -62,10 +74,19 @@ def add_options(parser: pytest.Parser) -> None:
         ),
     )
     parser.addini(
+        DEVICE_INI_ALIAS,
+        type="args",
+        default=_UNSET,
+        help=f"Old name of {DEVICE_INI}, still read; {DEVICE_INI} wins where both are set.",
+    )
+    parser.addini(
         "composable_seed",
         type="string",
         default="0",
-        help="Seed for the composable models and inputs (default 0); --composable-seed wins.",
+        help=(
+            "Seed for the composable models and inputs, 0 to 2**64 - 1 (default 0); "
+            "--composable-seed wins."
+        ),
     )
 
 
@@ -74,14 +95,15 @@ class DeviceSelection:
     """The device specs the user asked for and where they came from."""
 
     specs: tuple[str, ...]
-    source: str  # "--composable-device", the env var name, "composable_devices ini" or "default"
+    source: str  # "--composable-device", the env var name, "<name> ini" or "default"
 
     @property
     def is_default(self) -> bool:
         return self.source == "default"
 
 
-def _split(values: list[str]) -> tuple[str, ...]:
+def split_specs(values: list[str]) -> tuple[str, ...]:
+    """The specs in option, environment or ini values: comma or space separated."""
     return tuple(p.strip() for v in values for p in v.replace(",", " ").split() if p.strip())
 
 
@@ -89,30 +111,47 @@ def read_selection(config: pytest.Config) -> DeviceSelection:
     """Device specs by precedence: CLI > environment > ini > default.
 
     A source that is present but empty (``--composable-device=""``,
-    ``PYTEST_COMPOSABLE_DEVICE=","``) is kept, and so becomes a usage error
-    when resolved, rather than a silent fall-through to the next source.
+    ``PYTEST_COMPOSABLE_DEVICE=","``, ``composable_device =``) is kept, and so
+    becomes a usage error when resolved, rather than a silent fall-through to
+    the next source.
     """
     cli: list[str] | None = config.getoption("composable_device")
     if cli is not None:
-        return DeviceSelection(_split(cli), "--composable-device")
+        return DeviceSelection(split_specs(cli), "--composable-device")
     env = os.environ.get(DEVICE_ENV)
     if env is not None:
-        return DeviceSelection(_split([env]), DEVICE_ENV)
-    ini: list[str] = config.getini("composable_devices")
-    if ini:
-        return DeviceSelection(_split(ini), "composable_devices ini")
+        return DeviceSelection(split_specs([env]), DEVICE_ENV)
+    for name in (DEVICE_INI, DEVICE_INI_ALIAS):
+        ini: list[str] = config.getini(name)
+        if ini != _UNSET:
+            return DeviceSelection(split_specs(ini), f"{name} ini")
     return DeviceSelection((), "default")
 
 
+def parse_seed(text: str) -> int:
+    """A seed written in the digits 0-9, below 2**64; ``ValueError`` saying why otherwise."""
+    digits = text.strip()
+    # int() would also take "-1", "1_000", " +7" and digits of other scripts.
+    if not digits or not digits.isascii() or not digits.isdigit():
+        raise ValueError("is not an integer from 0 to 2**64 - 1")
+    seed = int(digits)
+    if seed >= SEED_LIMIT:
+        raise ValueError("is out of range: a seed is an integer from 0 to 2**64 - 1")
+    return seed
+
+
 def read_seed(config: pytest.Config) -> int:
-    """The model seed by precedence: ``--composable-seed`` > ``composable_seed`` ini > 0."""
-    cli: int | None = config.getoption("composable_seed")
-    if cli is not None:
-        return cli
-    raw: str = config.getini("composable_seed")
+    """The model seed by precedence: ``--composable-seed`` > ``composable_seed`` ini > 0.
+
+    A bad value is a usage error here, at configure, not at a fixture's setup.
+    """
+    cli: str | None = config.getoption("composable_seed")
+    raw, source = (
+        (cli, "--composable-seed")
+        if cli is not None
+        else (config.getini("composable_seed"), "composable_seed ini")
+    )
     try:
-        return int(raw)
-    except ValueError:
-        raise pytest.UsageError(
-            f"composable: composable_seed ini value {raw!r} is not an integer"
-        ) from None
+        return parse_seed(str(raw))
+    except ValueError as error:
+        raise pytest.UsageError(f"composable: {source} value {quote(str(raw))} {error}") from None

@@ -15,33 +15,56 @@ honoured (``CUDA_VISIBLE_DEVICES=""`` means no CUDA device, even where
 A *device spec* is what a user writes: ``cpu``, ``meta``, ``cuda`` (the
 device this process uses: under pytest-xdist, the worker index modulo the
 number of visible devices of that type, otherwise index 0), ``cuda:1`` (that
-exact device) or ``all`` (every discovered device).
+exact device) or ``all`` (every discovered device). An index is written in the
+ASCII digits ``0-9``, without leading zeros, and must name a device the list
+of available devices holds: it is compared as a Python integer and never
+passed to ``torch.device``, which would wrap ``cuda:256`` round to ``cuda:0``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
+from ._text import quote
+
 __all__ = [
     "DeviceSpecError",
+    "MissingDeviceError",
     "Selected",
     "default_devices",
     "discover_devices",
+    "gpu_share",
+    "matcher",
     "resolve_specs",
+    "share_gpus",
     "worker_index",
 ]
 
-_SPEC = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?::(?P<index>\d+))?$")
+_SPEC = re.compile(r"(?P<type>[a-z][a-z0-9_]*)(?::(?P<index>0|[1-9][0-9]*))?", re.ASCII)
+# ``cuda:\u0661`` (Arabic-Indic one): an index in decimal digits of another script,
+# which int() would accept.
+_OTHER_DIGITS = re.compile(r"(?P<type>[A-Za-z][A-Za-z0-9_]*):(?P<index>\d+)")
 _HOST_TYPES = ("cpu", "meta")
 
 
 class DeviceSpecError(ValueError):
     """A device spec that is malformed or names a device this machine lacks."""
+
+
+class MissingDeviceError(DeviceSpecError):
+    """A well-formed spec of a device type torch knows, naming no device of this machine.
+
+    ``reason`` is the message after the spec, for a caller that names the spec itself.
+    """
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(f"{quote(spec)}{reason}")
+        self.reason = reason
 
 
 def _count(device_type: str) -> int:
@@ -92,6 +115,67 @@ def worker_index(environ: Mapping[str, str] | None = None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def gpu_share(worker: int, workers: int, count: int) -> list[int]:
+    """The GPUs (positions among the visible ones) of pytest-xdist worker ``worker`` of
+    ``workers``, with ``count`` GPUs visible.
+
+    At least as many GPUs as workers: each worker gets a block of its own, as even as
+    can be (4 GPUs, 2 workers: ``[0, 1]`` and ``[2, 3]``; 3 GPUs, 2 workers: ``[0]`` and
+    ``[1, 2]``). Fewer: one each, round robin, so no GPU gets a second worker while
+    another has fewer.
+    """
+    if count <= 0 or workers <= 0:
+        return []
+    if workers <= count:
+        return list(range(worker * count // workers, (worker + 1) * count // workers))
+    return [worker % count]
+
+
+class GpuShare(NamedTuple):
+    """What :func:`share_gpus` gave this worker: positions among ``of`` visible GPUs."""
+
+    gpus: list[int]
+    of: int
+
+
+def share_gpus(environ: dict[str, str] | os._Environ[str] | None = None) -> GpuShare | None:
+    """Under pytest-xdist, narrow this worker's ``CUDA_VISIBLE_DEVICES`` to its share.
+
+    Everything in the worker then follows: ``cuda`` (``cuda:0``) is its first GPU and
+    the current device, a fake world's mesh lands there, and its rank pools inherit
+    the share (rank ``r`` on the share's ``r``-th GPU). Entries of an existing
+    ``CUDA_VISIBLE_DEVICES`` are kept as they are (indices or UUIDs), only fewer.
+
+    Done only before CUDA is initialised in this process (the variable is read then):
+    ``None`` where it cannot be (CUDA already initialised), or there is nothing to share
+    (not an xdist worker, one worker, no CUDA device).
+    """
+    env = os.environ if environ is None else environ
+    worker, workers = worker_index(env), _int(env.get("PYTEST_XDIST_WORKER_COUNT", ""))
+    if worker is None or workers is None or workers < 2 or not _cuda_ready():
+        return None
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    count = _count("cuda")
+    if count == 0:
+        return None
+    names = visible.split(",")[:count] if visible else [str(i) for i in range(count)]
+    share = gpu_share(worker, workers, count)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(names[i].strip() for i in share)
+    return GpuShare(share, count)
+
+
+def _cuda_ready() -> bool:
+    """This torch has CUDA, not yet initialised in this process. (Not ``is_available()``:
+    it starts the CUDA driver, which reads ``CUDA_VISIBLE_DEVICES`` once and for all.)"""
+    cuda: Any = torch.cuda
+    built: Any = torch.backends.cuda.is_built
+    return bool(built()) and not cuda.is_initialized()
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class Selected(NamedTuple):
     """A selected device and its test-id part."""
 
@@ -129,7 +213,8 @@ def resolve_specs(
     """Turn specs into devices of this machine, in order, without duplicate devices.
 
     Raises :class:`DeviceSpecError` naming the bad value and listing
-    ``available`` for a spec that is not a device, or one this machine lacks.
+    ``available`` for a spec that is not a device, or one this machine lacks
+    (:class:`MissingDeviceError`).
     """
     if not specs:
         raise DeviceSpecError(f"no device given; this machine has: {describe(available)}")
@@ -140,32 +225,69 @@ def resolve_specs(
     return list(resolved.values())
 
 
+def matcher(spec: str, available: Sequence[torch.device]) -> Callable[[torch.device], bool]:
+    """Which selected devices a marker's spec keeps: ``cuda`` every cuda device, ``cuda:1``
+    only that one, ``all`` every one. Raises like :func:`resolve_specs`."""
+    parsed = _parse(spec, available)
+    if parsed is None:
+        return lambda _device: True
+    device_type, device = parsed
+    if device is None:
+        return lambda candidate: candidate.type == device_type
+    return lambda candidate: candidate == device
+
+
 def _resolve_one(
     spec: str, available: Sequence[torch.device], worker: int | None
 ) -> list[Selected]:
-    text = spec.strip().lower()
-    if text == "all":
+    parsed = _parse(spec, available)
+    if parsed is None:
         return [Selected(d, str(d)) for d in available]
-    match = _SPEC.match(text)
+    device_type, device = parsed
+    if device is None:
+        return [_pick(available, device_type, worker)]
+    return [Selected(device, str(device))]
+
+
+def _parse(spec: str, available: Sequence[torch.device]) -> tuple[str, torch.device | None] | None:
+    """``None`` for ``all``, else the type and, for a spec with an index, the device itself."""
     has = f"this machine has: {describe(available)}"
+    text = spec.strip()
+    # Only ASCII text is lower-cased: str.lower() turns some other letters into
+    # ASCII ones (the Kelvin sign into "k"), which would name another device.
+    match = _SPEC.fullmatch(text.lower()) if text.isascii() else _OTHER_DIGITS.fullmatch(text)
     if match is None:
         raise DeviceSpecError(
-            f"{spec!r} is not a device spec (expected e.g. cpu, meta, cuda, cuda:1 or all); {has}"
+            f"{quote(spec)} is not a device spec (expected e.g. cpu, meta, cuda, cuda:1 or "
+            f"all); {has}"
         )
-    device_type, index = match.group("type"), match.group("index")
+    device_type, index = match.group("type").lower(), match.group("index")
+    if device_type == "all" and index is None:
+        return None
     if device_type in _HOST_TYPES and index is not None:
         raise DeviceSpecError(
-            f"{spec!r}: {device_type} takes no device index, use {device_type!r}; {has}"
+            f"{quote(spec)}: {device_type} takes no device index, use {device_type!r}; {has}"
         )
     if device_type not in {d.type for d in available}:
         try:
             torch.device(device_type)
-        except RuntimeError:
-            raise DeviceSpecError(f"{spec!r} is not a device type torch knows; {has}") from None
-        raise DeviceSpecError(f"{spec!r} is not available on this machine; {has}")
+        except (RuntimeError, ValueError):
+            raise DeviceSpecError(
+                f"{quote(spec)} is not a device type torch knows; {has}"
+            ) from None
+        raise MissingDeviceError(spec, f" is not available on this machine; {has}")
     if index is None:
-        return [_pick(available, device_type, worker)]
-    device = torch.device(device_type, int(index))
-    if device not in available:
-        raise DeviceSpecError(f"{spec!r} is not available on this machine; {has}")
-    return [Selected(device, str(device))]
+        return device_type, None
+    if not index.isascii():
+        raise MissingDeviceError(
+            spec,
+            f" is not available on this machine (a device index is written in the digits "
+            f"0-9); {has}",
+        )
+    # Compared as a Python int, never passed to torch.device: its index is 8 bits
+    # wide, so cuda:256 would become cuda:0 and a longer number would overflow.
+    wanted = int(index)
+    for device in available:
+        if device.type == device_type and device.index == wanted:
+            return device_type, device
+    raise MissingDeviceError(spec, f" is not available on this machine; {has}")

@@ -5,8 +5,8 @@ Keywords, each optional:
 * ``devices=[...]``: device specs (``cpu``, ``meta``, ``cuda``, ``cuda:1``, ``all``);
   the test runs on the intersection of these and the session's selection.
 * ``models=[...]``: model names; ``composable_model`` runs over these only.
-* ``world_size=N`` or ``[N, ...]``, ``rank=R``, ``timeout=S``: the distributed
-  world a test asks for.
+* ``world_size=N`` or ``[N, ...]``, ``rank=R``, ``timeout=S``, ``backend="gloo"``:
+  the distributed world a test asks for.
 
 A marker may sit on a test, a class or a module. For each keyword the closest
 marker that sets it wins (test over class over module), so a test can widen or
@@ -26,7 +26,8 @@ __all__ = ["MARKER", "MARKER_HELP", "MarkerError", "MarkerOptions", "read_marker
 
 MARKER = "composable"
 MARKER_HELP = (
-    "composable(devices=[...], models=[...], world_size=N, rank=R, timeout=S): narrow the "
+    "composable(devices=[...], models=[...], world_size=N, rank=R, timeout=S, backend=B): "
+    "narrow the "
     "devices and models a test runs on (intersection with the session's selection) and "
     "choose its distributed world; the closest marker wins per keyword."
 )
@@ -45,6 +46,7 @@ class MarkerOptions:
     world_size: tuple[int, ...] | None = None
     rank: int | None = None
     timeout: float | None = None
+    backend: str | None = None
 
 
 _KEYWORDS = tuple(f.name for f in fields(MarkerOptions))
@@ -76,6 +78,10 @@ def _convert(key: str, value: Any) -> Any:
         return tuple(_int(key, v, 1) for v in sizes)
     if key == "rank":
         return _int(key, value, 0)
+    if key == "backend":
+        if not isinstance(value, str) or not value.strip():
+            raise MarkerError(f"composable(backend=...) takes a backend name, got {value!r}")
+        return value.strip()
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))

@@ -13,11 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
 from .marker import MarkerError, MarkerOptions, read_marker
 from .state import ComposableState
 
 if TYPE_CHECKING:
     import torch
+
+    from .devices import Selected
+    from .spec import ModelSpec
 
 __all__ = ["DEVICE_FIXTURE", "MODEL_SPEC_FIXTURE", "parametrize"]
 
@@ -72,15 +76,41 @@ def _apply(
     if options.models is not None or wants_models or wants_devices:
         # Resolving the registry here turns a bad hook or an unknown marker model
         # into one clean collection error instead of a traceback per test.
-        names = _model_names(options, state)
+        names = _model_names(options, state.models(metafunc.definition))
     if wants_models:
         metafunc.parametrize(MODEL_SPEC_FIXTURE, names, ids=names, indirect=True)
     if wants_devices:
-        metafunc.parametrize(DEVICE_FIXTURE, _device_params(options, state), indirect=True)
+        params = _device_params(options, state, _world_of(metafunc))
+        metafunc.parametrize(DEVICE_FIXTURE, params, indirect=True)
 
 
-def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:
-    known = state.models
+def _world_of(metafunc: pytest.Metafunc) -> str | None:
+    """``"real"`` for a ``composable_world`` test, ``"fake"`` for a fake world's, else None."""
+    if WORLD_FIXTURE in metafunc.fixturenames:
+        return "real"
+    if FAKE_FIXTURE in metafunc.fixturenames:
+        return "fake"
+    return None
+
+
+def _for_worlds(
+    selected: list[Selected], world: str | None, keep_meta: bool = False
+) -> list[Selected]:
+    """What a world test runs on, of the session's devices: one device per type (a world's
+    ranks each take their own device of that type), and for a real world only the types
+    with a process-group backend, not meta (unless a marker names it, which then gets the
+    reason it is skipped)."""
+    if world is None:
+        return selected
+    kept: dict[str, Selected] = {}
+    for choice in selected:
+        if world == "real" and choice.device.type == "meta" and not keep_meta:
+            continue
+        kept.setdefault(choice.device.type, choice)
+    return list(kept.values())
+
+
+def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[str]:
     if options.models is None:
         return list(known)
     unknown = [m for m in options.models if m not in known]
@@ -92,10 +122,17 @@ def _model_names(options: MarkerOptions, state: ComposableState) -> list[str]:
     return list(dict.fromkeys(options.models))
 
 
-def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
+def _device_params(options: MarkerOptions, state: ComposableState, world: str | None) -> list[Any]:
     selected = state.selection_ids
     if options.devices is None:
-        return [pytest.param(s.device, id=s.id) for s in selected]
+        runs_on = _for_worlds(selected, world)
+        if not runs_on:
+            reason = (
+                "composable: a real world needs a device with a process-group backend; "
+                f"selected: {', '.join(s.id for s in selected)}"
+            )
+            return [_skip("-".join(s.id for s in selected), reason)]
+        return [pytest.param(s.device, id=s.id) for s in runs_on]
     matchers: list[Callable[[torch.device], bool]] = []
     skipped: list[Any] = []
     for spec in options.devices:
@@ -105,7 +142,9 @@ def _device_params(options: MarkerOptions, state: ComposableState) -> list[Any]:
         else:
             matchers.append(matcher)
     chosen = [
-        pytest.param(s.device, id=s.id) for s in selected if any(m(s.device) for m in matchers)
+        pytest.param(s.device, id=s.id)
+        for s in _for_worlds(selected, world, keep_meta=True)
+        if any(m(s.device) for m in matchers)
     ]
     if not chosen and not skipped:
         names = ", ".join(options.devices)
@@ -124,31 +163,18 @@ def _skip(id_: str, reason: str) -> Any:
 def _marker_device(
     spec: str, available: Sequence[torch.device]
 ) -> tuple[Callable[[torch.device], bool], str | None]:
-    """A matcher for a marker's device spec, or why the spec is not available here.
+    """A matcher for a marker's device spec, or why the spec names no device of this machine.
 
-    ``cuda`` matches every selected cuda device, ``cuda:1`` only that one and
-    ``all`` every selected device. A spec that is not a device at all raises.
+    A spec that is not a device at all raises :class:`MarkerError`; a device
+    this machine lacks (``cuda``, ``cuda:256``, ``cuda:\u0661``) skips, as a
+    missing accelerator does.
     """
-    import torch
+    from ._text import shorten
+    from .devices import DeviceSpecError, MissingDeviceError, matcher
 
-    from .devices import DeviceSpecError, describe, resolve_specs
-
-    text = spec.strip().lower()
-    if text == "all":
-        return (lambda _d: True), None
     try:
-        resolve_specs([text], available)
+        return matcher(spec, available), None
+    except MissingDeviceError as error:
+        return (lambda _d: False), f"{shorten(spec)}{error.reason}"
     except DeviceSpecError as error:
-        try:
-            device = torch.device(text)
-        except RuntimeError:
-            raise MarkerError(f"composable(devices=...): {error}") from None
-        if device.type in ("cpu", "meta") and device.index is not None:
-            raise MarkerError(f"composable(devices=...): {error}") from None
-        return (lambda _d: False), (
-            f"{spec} is not available on this machine; this machine has: {describe(available)}"
-        )
-    device = torch.device(text)
-    if device.index is None:
-        return (lambda d: d.type == device.type), None
-    return (lambda d: d == device), None
+        raise MarkerError(f"composable(devices=...): {error}") from None

@@ -3,7 +3,7 @@
 Disable it with ``-p no:composable``. This module imports no torch: torch is
 imported only when a test uses one of the fixtures below or a device is named
 with ``--composable-device``, ``PYTEST_COMPOSABLE_DEVICE`` or the
-``composable_devices`` ini setting.
+``composable_device`` ini setting.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 
 from . import hookspecs
 from ._options import add_options
+from ._summary import OutcomeSummary
 from .marker import MARKER_HELP
 from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, parametrize
 from .state import STATE_KEY, ComposableState, state_of
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from .spec import ModelSpec
 
-INPUT_BATCH = 4
+DEFAULT_BATCH_SIZE = 4
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -43,6 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     state = ComposableState(config)
     config.stash[STATE_KEY] = state
+    config.pluginmanager.register(OutcomeSummary(config), "composable.summary")
     if not state.selection.is_default:
         # Validate named devices now, before collection, so a bad or missing
         # device is a usage error even in a suite that never uses a fixture.
@@ -54,10 +56,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
-    state = state_of(config)
-    if state.selection.is_default and state.is_resolved():
-        return [f"composable: resolved devices: {', '.join(str(d) for d in state.selected)}"]
-    return []
+    return state_of(config).collected(config.get_verbosity())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -73,7 +72,7 @@ def composable_device(request: pytest.FixtureRequest) -> torch.device:
     """The ``torch.device`` this test runs on; the test runs once per selected device.
 
     Selected with ``--composable-device`` > ``PYTEST_COMPOSABLE_DEVICE`` >
-    ini ``composable_devices`` > default (cpu, meta, first device of each
+    ini ``composable_device`` > default (cpu, meta, first device of each
     accelerator type), narrowed by ``@pytest.mark.composable(devices=[...])``.
     Test ids are the device's string: ``test_x[cpu]``, ``test_x[cuda:0]``.
     Override it like any fixture, or parametrize it directly
@@ -102,11 +101,11 @@ def composable_seed(request: pytest.FixtureRequest) -> int:
 def composable_model_spec(request: pytest.FixtureRequest) -> ModelSpec:
     """The ``ModelSpec`` behind ``composable_model``; the test runs once per registered model.
 
-    Registered models are the built-ins plus those returned by
-    ``pytest_composable_models`` hooks, narrowed by
-    ``@pytest.mark.composable(models=[...])``.
+    Registered models are the built-ins plus those returned by the
+    ``pytest_composable_models`` hooks of the test's own conftest files and of
+    plugins, narrowed by ``@pytest.mark.composable(models=[...])``.
     """
-    models = state_of(request.config).models
+    models = state_of(request.config).models(request.node)
     param = _param(request)
     if param is None:
         return next(iter(models.values()))
@@ -132,11 +131,23 @@ def composable_model(
 
     Ids name both: ``test_x[composite_model-cpu]``. Values come from the CPU
     generator seeded with ``composable_seed`` and are then moved to the device,
-    inside a forked generator: the test's own RNG state, default dtype, default
-    device and grad mode are the same before and after.
+    inside a forked generator: the test's own CPU RNG state, default dtype,
+    default device, grad mode and deterministic-algorithms setting are the same
+    before and after.
     """
     __tracebackhide__ = True
     return _build(request, composable_model_spec, composable_device)
+
+
+@pytest.fixture
+def composable_batch_size() -> int:
+    """The number of rows in ``composable_input`` (default 4).
+
+    Choose it per test by parametrizing it directly
+    (``@pytest.mark.parametrize("composable_batch_size", [2, 8, 20])``), or
+    for a module or directory by overriding this fixture.
+    """
+    return DEFAULT_BATCH_SIZE
 
 
 @pytest.fixture
@@ -144,23 +155,33 @@ def composable_input(
     request: pytest.FixtureRequest,
     composable_model_spec: ModelSpec,
     composable_device: torch.device,
+    composable_batch_size: int,
 ) -> torch.Tensor:
-    """An input batch (4 rows) for ``composable_model`` on its device.
+    """An input batch for ``composable_model`` on its device, ``composable_batch_size`` rows.
 
-    ``(4, 100)`` for most models, ``(4, 1)`` for ``nested_sequential_model``;
-    same value rule as the models (seeded CPU generator, then moved).
+    ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``
+    (B is 4 unless the test chooses); same value rule as the models (seeded
+    CPU generator, then moved).
     """
     __tracebackhide__ = True
     from .registry import build_input
 
+    batch = composable_batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        pytest.fail(
+            f"composable: composable_batch_size must be an integer >= 1, got {batch!r}",
+            pytrace=False,
+        )
     seed = state_of(request.config).seed
-    return build_input(composable_model_spec, composable_device, seed, INPUT_BATCH)
+    return build_input(composable_model_spec, composable_device, seed, batch)
 
 
 def _builtin_fixture(name: str, doc: str) -> Any:
     def fixture(request: pytest.FixtureRequest, composable_device: torch.device) -> nn.Module:
         __tracebackhide__ = True
-        return _build(request, state_of(request.config).models[name], composable_device)
+        return _build(
+            request, state_of(request.config).models(request.node)[name], composable_device
+        )
 
     fixture.__name__ = name
     fixture.__doc__ = doc + (
@@ -193,6 +214,7 @@ nested_sequential_model = _builtin_fixture(
 __all__ = [
     "DEVICE_FIXTURE",
     "MODEL_SPEC_FIXTURE",
+    "composable_batch_size",
     "composable_device",
     "composable_input",
     "composable_model",

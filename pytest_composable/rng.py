@@ -32,16 +32,27 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
 
 @contextmanager
 def preserved_global_state() -> Iterator[None]:
-    """Restore the default dtype, default device and grad mode after the block."""
+    """Restore the default dtype, default device, grad mode and deterministic-algorithms
+    setting (with its warn-only flag) after the block, as a ``build()`` may change any."""
     dtype = torch.get_default_dtype()
     device = torch.get_default_device()
     grad = torch.is_grad_enabled()
+    deterministic = _deterministic()
     try:
         yield
     finally:
         torch.set_default_dtype(dtype)
+        if _deterministic() != deterministic:
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if torch.get_default_device() != device:
             # set_default_device(cpu) would push a global DeviceContext mode that
             # slows every later torch call; None is the same cpu default without one.
             torch.set_default_device(None if device.type == "cpu" else device)
         torch.set_grad_enabled(grad)
+
+
+def _deterministic() -> tuple[bool, bool]:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )

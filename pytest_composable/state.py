@@ -1,13 +1,24 @@
-"""Per-session state: the device selection and the model registry, resolved lazily.
+"""Per-session state: the device selection and the model registries, resolved lazily.
 
 Nothing here imports torch until a device or model list is first needed, so a
 session that never uses the plugin's fixtures stays torch-free.
+
+Devices are session-wide: a named selection is validated at configure, when
+pytest has loaded only the conftest files it starts with, so
+``pytest_composable_devices`` is called once, through ``config.hook``. Models
+are per test module: a test sees the models of the ``pytest_composable_models``
+implementations in its own conftest files and in plugins, as it sees conftest
+fixtures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,10 +27,10 @@ from ._options import DeviceSelection, read_seed, read_selection
 if TYPE_CHECKING:
     import torch
 
-    from .devices import Selected
+    from .devices import GpuShare, Selected
     from .spec import ModelSpec
 
-__all__ = ["ComposableState", "state_of"]
+__all__ = ["ComposableState", "resolve_selection", "state_of"]
 
 STATE_KEY = pytest.StashKey["ComposableState"]()
 
@@ -31,14 +42,19 @@ class ComposableState:
         self.config = config
         self.selection: DeviceSelection = read_selection(config)
         self.seed: int = read_seed(config)
+        self._models: dict[Path, dict[str, ModelSpec]] = {}
+        self._header_named_devices = False
+        self.gpu_share: GpuShare | None = None  # set by discovery, under pytest-xdist
 
     @cached_property
     def available(self) -> list[torch.device]:
         """The devices of this machine, after ``pytest_composable_devices`` edited them."""
         import torch
 
-        from .devices import discover_devices
+        from .devices import discover_devices, share_gpus
 
+        # Before discovery: under pytest-xdist it narrows what this worker sees.
+        self.gpu_share = share_gpus()
         devices: list[torch.device] = discover_devices()
         self.config.hook.pytest_composable_devices(config=self.config, devices=devices)
         try:
@@ -52,38 +68,55 @@ class ComposableState:
     @cached_property
     def selection_ids(self) -> list[Selected]:
         """The devices the fixtures run on with their test ids (usage error for a bad spec)."""
-        from .devices import DeviceSpecError, default_devices, resolve_specs, worker_index
+        from .devices import worker_index
 
-        if self.selection.is_default:
-            return default_devices(self.available, worker_index())
-        try:
-            return resolve_specs(self.selection.specs, self.available, worker_index())
-        except DeviceSpecError as error:
-            raise pytest.UsageError(f"composable: {self.selection.source}: {error}") from None
+        available = self.available
+        # A worker that sees only its share of the GPUs uses the first of them.
+        worker = 0 if self.gpu_share is not None else worker_index()
+        return resolve_selection(self.selection, available, worker)
 
     @property
     def selected(self) -> list[torch.device]:
         """The devices the fixtures run on, in order."""
         return [s.device for s in self.selection_ids]
 
-    @cached_property
-    def models(self) -> dict[str, ModelSpec]:
-        """Every registered model by name: the built-ins, then those the hooks add."""
-        from .registry import RegistryError, collect_models
+    def models(self, node: Any) -> dict[str, ModelSpec]:
+        """Every model ``node`` (a test, its definition or a collector) sees, by name.
 
-        try:
-            return collect_models(self.config.hook.pytest_composable_models(config=self.config))
-        except RegistryError as error:
-            raise pytest.UsageError(f"composable: {error}") from None
+        The built-ins, then those that ``pytest_composable_models`` adds, called
+        through the node's own hook proxy: the conftest files above the node and
+        the plugins, not the conftest files of other directories.
+        """
+        path: Path = node.path
+        found = self._models.get(path)
+        if found is None:
+            from .registry import RegistryError, collect_models
+
+            try:
+                found = collect_models(node.ihook.pytest_composable_models(config=self.config))
+            except RegistryError as error:
+                raise pytest.UsageError(f"composable: {error}") from None
+            self._models[path] = found
+        return found
 
     def is_resolved(self) -> bool:
         return "selection_ids" in self.__dict__
 
     def header(self) -> list[str]:
-        """Lines for ``pytest_report_header``; torch's version comes from package metadata."""
+        """Lines for ``pytest_report_header``; torch's version comes from package metadata.
+
+        The devices are named when they are known, or cheap to find because
+        torch is loaded already (a conftest imported it); a torch-free session
+        gets the policy, and the devices after collection (:meth:`collected`).
+        """
         torch_version = _installed_version("torch")
+        if not self.is_resolved() and "torch" in sys.modules:
+            # A bad devices hook is reported where the devices are first needed.
+            with contextlib.suppress(pytest.UsageError):
+                _ = self.selection_ids
         if self.is_resolved():
-            devices = ", ".join(str(d) for d in self.selected)
+            devices = _ids(self.selection_ids)
+            self._header_named_devices = True
         elif self.selection.is_default:
             devices = "cpu, meta and the first device of each available accelerator type"
         else:
@@ -92,6 +125,31 @@ class ComposableState:
             f"composable: torch {torch_version}, devices ({self.selection.source}): {devices}, "
             f"seed: {self.seed}"
         ]
+
+    def collected(self, verbosity: int) -> list[str]:
+        """The line after collection naming the devices the header could only describe."""
+        if self._header_named_devices or not self.is_resolved() or verbosity < 0:
+            return []
+        return [f"composable: resolved devices: {_ids(self.selection_ids)}"]
+
+
+def _ids(selected: Sequence[Selected]) -> str:
+    """``cpu, meta, cuda:0``; under xdist a device picked per worker reads ``cuda (cuda:1)``."""
+    return ", ".join(s.id if s.id == str(s.device) else f"{s.id} ({s.device})" for s in selected)
+
+
+def resolve_selection(
+    selection: DeviceSelection, available: Sequence[torch.device], worker: int | None
+) -> list[Selected]:
+    """The devices ``selection`` names on a machine with ``available``, or a usage error."""
+    from .devices import DeviceSpecError, default_devices, resolve_specs
+
+    if selection.is_default:
+        return default_devices(available, worker)
+    try:
+        return resolve_specs(selection.specs, available, worker)
+    except DeviceSpecError as error:
+        raise pytest.UsageError(f"composable: {selection.source}: {error}") from None
 
 
 def _installed_version(name: str) -> str:

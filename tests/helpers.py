@@ -1,28 +1,33 @@
 """Helpers for reading the pytest runs that the tests drive with ``pytester``.
 
-Most tests run pytest in a temporary directory (``-p pytester`` comes from
-``addopts`` in ``pyproject.toml``) and check its exit code and output.
+Most tests run pytest in a temporary directory (``pytester``, which the root
+``conftest.py`` loads) and check its exit code and output.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from pathlib import Path
 
+# Imported before any in-process run, which pytester ends by dropping the modules
+# the run imported: torch cannot be imported twice in one process.
 import pytest
+import torch
+
+import pytest_composable.devices
+import pytest_composable.registry  # noqa: F401
+
+# The first forward on meta loads torch._dynamo and torch._inductor, which register
+# operator libraries that cannot be registered twice: load them before any run too.
+torch.nn.Linear(1, 1, device="meta")(torch.empty(1, 1, device="meta"))
+# Every in-process run ends with pytest's full garbage collection, which walks all
+# of torch's objects (a third of a second); they live as long as the process, so
+# leave them out of every collection.
+gc.freeze()
 
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
-
-# Variables that would change what the plugin selects in a pytester run: the
-# device variable itself and pytest-xdist's worker variables, which are set in
-# this very process when the suite runs under ``-n``.
-ISOLATED_ENV = (
-    DEVICE_ENV,
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_XDIST_TESTRUNUID",
-)
 
 # The built-in models: fixture name, class name in ``models``, input features.
 BUILTIN_MODELS = (
@@ -110,3 +115,17 @@ def assert_no_pool_directory(temp: Path, within: float = 10.0) -> None:
     while list(temp.glob("composable-ranks-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not list(temp.glob("composable-ranks-*"))
+
+
+def name_devices(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, spec: str
+) -> tuple[list[str], str]:
+    """Name ``spec`` through ``source`` (``cli``, ``env`` or an ini setting's name):
+    the arguments to run pytest with, and how the plugin's messages name the source."""
+    if source == "cli":
+        return [f"--composable-device={spec}"], "--composable-device"
+    if source == "env":
+        monkeypatch.setenv(DEVICE_ENV, spec)
+        return [], DEVICE_ENV
+    pytester.makeini(f"[pytest]\n{source} = {spec}\n")
+    return [], f"{source} ini"

@@ -1,10 +1,20 @@
-"""The fixtures, run for real in pytester sessions on this machine's cpu and meta devices."""
+"""The fixtures, run for real in pytester sessions on this machine's cpu and meta devices.
+
+The runs are in-process (nothing here depends on the command line or the
+environment), so the modules their tests import are imported here first.
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.testing._internal.common_dist_composable
+from torch import nn
 
-from tests.helpers import BUILTIN_MODELS, BUILTIN_NAMES, verbose_outcomes
+import pytest_composable.models  # noqa: F401  (imported before the in-process runs)
+from pytest_composable import ModelSpec
+from pytest_composable.registry import build_input, build_model
+from tests.helpers import BUILTIN_MODELS, BUILTIN_NAMES, assert_no_plugin_frames, verbose_outcomes
 
 # Test-module code shared by the runs below: upstream's model built on CPU after
 # ``torch.manual_seed(seed)``, and a check that a fixture model equals it.
@@ -97,7 +107,7 @@ def test_fixtures_leave_global_state_alone(fixture, composable_model_spec, compo
         torch.set_default_dtype(previous_dtype)
 """
     )
-    result = pytester.runpytest_subprocess("-v")
+    result = pytester.runpytest("-v")
     outcomes = verbose_outcomes(result)
     devices = ("cpu", "meta")
     expected = [f"test_{name}[{d}]" for name in BUILTIN_NAMES for d in devices]
@@ -119,8 +129,9 @@ def test_fixtures_leave_global_state_alone(fixture, composable_model_spec, compo
         (["--composable-seed", "3"], None, 3),
         ([], "3", 3),
         (["--composable-seed=5"], "3", 5),
+        ([f"--composable-seed={2**64 - 1}"], None, 2**64 - 1),
     ],
-    ids=["cli", "ini", "cli-over-ini"],
+    ids=["cli", "ini", "cli-over-ini", "largest"],
 )
 def test_seed(pytester: pytest.Pytester, args: list[str], ini: str | None, seed: int) -> None:
     if ini is not None:
@@ -132,13 +143,13 @@ def test_seed(composable_seed, composite_param_model, composable_device):
     assert composable_seed == {seed}
     assert_equals_upstream(composite_param_model, "composite_param_model", {seed},
                            composable_device)
-    torch.manual_seed({seed} + 1)
+    torch.manual_seed({seed} - 1)
     other = getattr(upstream, "CompositeParamModel")(torch.device("cpu"))
     if composable_device.type == "cpu":
         assert not torch.equal(composite_param_model.p, other.p)
 """
     )
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest(*args)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"composable: *seed: {seed}*"])
 
@@ -174,7 +185,7 @@ def test_direct_model(composable_model_spec, composable_device, composable_model
     assert next(composable_model.parameters()).device == composable_device
 """
     )
-    result = pytester.runpytest_subprocess("-v")
+    result = pytester.runpytest("-v")
     assert verbose_outcomes(result) == {
         "override/test_override.py::test_override": "PASSED",
         "test_direct.py::test_direct[cpu]": "PASSED",
@@ -201,7 +212,7 @@ def test_model(composable_model_spec, composable_seed, request):
     assert torch.equal(batch, torch.randn(4, FEATURES[name]))
 """
     )
-    result = pytester.runpytest_subprocess("--composable-device=cpu")
+    result = pytester.runpytest("--composable-device=cpu")
     result.assert_outcomes(passed=5)
 
 
@@ -219,5 +230,86 @@ def test_fixtures_leave_no_torch_function_mode_behind(pytester: pytest.Pytester)
             assert torch.overrides._get_current_function_mode_stack() == []
         """
     )
-    result = pytester.runpytest_subprocess("--composable-device=cpu")
+    result = pytester.runpytest("--composable-device=cpu")
     result.assert_outcomes(passed=6)
+
+
+def _deterministic() -> tuple[bool, bool]:
+    return (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+
+
+@pytest.mark.parametrize("before", [(False, False), (True, True), (True, False)], ids=str)
+def test_a_build_that_switches_deterministic_algorithms_does_not_leak(
+    before: tuple[bool, bool],
+) -> None:
+    """Before: a hook's ``build`` that turned them on left them on for every later test.
+
+    ``build_model`` and ``build_input`` are what the fixtures call, with a hook's
+    spec as with a built-in one; called directly, as switching the setting the
+    first time imports torch's inductor, which an in-process run would drop.
+    """
+
+    def switch() -> None:
+        torch.use_deterministic_algorithms(not before[0], warn_only=not before[1])
+
+    def build(device: torch.device) -> nn.Module:
+        switch()
+        return nn.Linear(2, 2, device=device)
+
+    def make_input(device: torch.device, batch: int) -> torch.Tensor:
+        switch()
+        return torch.zeros(batch, 2, device=device)
+
+    spec = ModelSpec("switches", build, make_input)
+    outer = _deterministic()
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    try:
+        build_model(spec, torch.device("cpu"), 0)
+        assert _deterministic() == before
+        build_input(spec, torch.device("meta"), 0, 4)
+        assert _deterministic() == before
+    finally:
+        torch.use_deterministic_algorithms(outer[0], warn_only=outer[1])
+
+
+def test_the_test_chooses_the_input_size(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_sizes="""
+import pytest
+
+@pytest.mark.parametrize("composable_batch_size", [2, 8, 20])
+def test_parametrized(composable_input, composable_model, composable_batch_size):
+    assert composable_input.shape[0] == composable_batch_size
+    assert composable_model(composable_input).shape[0] == composable_batch_size
+
+def test_default(composable_input):
+    assert composable_input.shape[0] == 4
+""",
+        test_overridden="""
+import pytest
+
+@pytest.fixture
+def composable_batch_size():
+    return 3
+
+def test_module_wide(composable_input):
+    assert composable_input.shape[0] == 3
+""",
+        test_bad="""
+import pytest
+
+@pytest.mark.parametrize("composable_batch_size", [0, 2.5, True])
+def test_bad(composable_input):
+    pass
+""",
+    )
+    result = pytester.runpytest("--composable-device=cpu")
+    models = len(BUILTIN_NAMES)
+    result.assert_outcomes(passed=3 * models + models + models, errors=3 * models)
+    result.stdout.fnmatch_lines(
+        ["*composable: composable_batch_size must be an integer >= 1, got 0*"]
+    )
+    assert_no_plugin_frames(result)

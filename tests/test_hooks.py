@@ -1,7 +1,12 @@
-"""The ``pytest_composable_models`` and ``pytest_composable_devices`` hooks, and ``ModelSpec``."""
+"""The ``pytest_composable_models`` and ``pytest_composable_devices`` hooks, and ``ModelSpec``.
+
+The runs are in-process: nothing here depends on the command line or the environment.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +17,9 @@ from pytest_composable import ModelSpec
 from tests.helpers import (
     BUILTIN_NAMES,
     DEVICE_TEST,
+    PLAIN_TEST,
     assert_clear_error,
+    assert_no_plugin_frames,
     verbose_outcomes,
 )
 
@@ -63,13 +70,96 @@ def test_device(composable_device):
     pass
 """
     )
-    result = pytester.runpytest_subprocess("-v")
+    result = pytester.runpytest("-v")
     expected = {f"test_hooks.py::test_every_model[{m}-cpu]" for m in (*BUILTIN_NAMES, "tiny")}
     expected |= {"test_hooks.py::test_tiny[tiny-cpu]", "test_hooks.py::test_device[cpu]"}
     outcomes = verbose_outcomes(result)
     assert set(outcomes) == expected
     assert set(outcomes.values()) == {"PASSED"}
     result.stdout.fnmatch_lines(["composable: *devices*: cpu*"])
+
+
+SCOPED_TEST = "def test_model(composable_model):\n    pass\n"
+TINY_TEST = """
+import pytest
+
+@pytest.mark.composable(models=["tiny"])
+def test_tiny(composable_model):
+    assert composable_model.weight.shape == (2, 3)
+"""
+
+
+def test_models_hook_in_a_conftest_adds_models_to_its_directory_only(
+    pytester: pytest.Pytester,
+) -> None:
+    """Before: ``a/conftest.py``'s models reached ``b/`` too, and changed its ids."""
+    a, b = pytester.mkdir("a"), pytester.mkdir("b")
+    (a / "conftest.py").write_text(
+        TINY_SPEC
+        + "\nimport pytest\n\n@pytest.hookimpl(optionalhook=True)\n"
+        + "def pytest_composable_models(config):\n    return [TINY]\n"
+    )
+    (a / "test_a.py").write_text(SCOPED_TEST + TINY_TEST)
+    (b / "test_b.py").write_text(SCOPED_TEST)
+    (b / "test_tiny.py").write_text(TINY_TEST)
+    result = pytester.runpytest("-v", "--composable-device=cpu", "--continue-on-collection-errors")
+    outcomes = verbose_outcomes(result)
+    in_a = {n for n in outcomes if n.startswith("a/test_a.py::test_model[")}
+    in_b = {n for n in outcomes if n.startswith("b/test_b.py::test_model[")}
+    assert in_a == {f"a/test_a.py::test_model[{m}-cpu]" for m in (*BUILTIN_NAMES, "tiny")}
+    assert in_b == {f"b/test_b.py::test_model[{m}-cpu]" for m in BUILTIN_NAMES}
+    assert outcomes["a/test_a.py::test_tiny[tiny-cpu]"] == "PASSED"
+    assert {outcome for name, outcome in outcomes.items() if name.startswith("a/")} == {"PASSED"}
+    result.stdout.fnmatch_lines(["*ERROR collecting b/test_tiny.py*", "*unknown model(s) tiny*"])
+    alone = pytester.runpytest(
+        "-v", "--composable-device=cpu", "--continue-on-collection-errors", "b"
+    )
+    assert verbose_outcomes(alone) == {n: o for n, o in outcomes.items() if n.startswith("b/")}
+
+
+README = Path(__file__).parent.parent / "README.md"
+EXAMPLES = Path(__file__).parent.parent / "examples"
+HOOK_DEFINITION = re.compile(
+    r"^(?P<decorator>.*)\n(?:async )?def (?P<hook>pytest_composable_\w+)\(", re.M
+)
+
+
+def readme_hooks_example() -> str:
+    """The conftest.py the README's Hooks section shows."""
+    section = README.read_text().split("\n## Hooks\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_every_hook_implementation_shown_is_an_optional_hook() -> None:
+    sources = {path: path.read_text() for path in EXAMPLES.rglob("*.py")}
+    sources[README] = README.read_text()
+    found = [
+        (path, match) for path, text in sources.items() for match in HOOK_DEFINITION.finditer(text)
+    ]
+    assert {match["hook"] for _, match in found} >= {
+        "pytest_composable_models",
+        "pytest_composable_devices",
+    }
+    for path, match in found:
+        assert match["decorator"] == "@pytest.hookimpl(optionalhook=True)", (path, match[0])
+
+
+def test_readme_hooks_example_without_the_plugin_and_with_it(pytester: pytest.Pytester) -> None:
+    """Before: with ``-p no:composable`` the README's conftest.py stopped pytest with
+    ``PluginValidationError: unknown hook 'pytest_composable_models'`` (exit 3)."""
+    pytester.makeconftest(readme_hooks_example())
+    pytester.makepyfile(
+        test_x="def test_model(composable_model, composable_input):\n"
+        "    composable_model(composable_input)\n\n" + PLAIN_TEST
+    )
+    without = pytester.runpytest("-p", "no:composable", "-k", "test_a")
+    without.assert_outcomes(passed=1, deselected=1)
+    assert_no_plugin_frames(without)
+    with_plugin = pytester.runpytest("-v")
+    outcomes = verbose_outcomes(with_plugin)
+    assert "test_x.py::test_model[tiny_mlp-cpu]" in outcomes
+    assert not [n for n in outcomes if "meta" in n]
+    assert set(outcomes.values()) == {"PASSED"}
 
 
 ADD_DEVICES = """
@@ -96,14 +186,14 @@ def test_devices_hook_adds_devices(
     """Devices a hook appends (simulated xpu) join the default selection and validation."""
     pytester.makeconftest(ADD_DEVICES)
     pytester.makepyfile(test_x=DEVICE_TEST)
-    result = pytester.runpytest_subprocess("-v", *args)
+    result = pytester.runpytest("-v", *args)
     assert verbose_outcomes(result) == {f"test_x.py::test_x[{d}]": "PASSED" for d in devices}
 
 
 def test_devices_hook_additions_are_listed_in_errors(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(ADD_DEVICES)
     pytester.makepyfile(test_x=DEVICE_TEST)
-    result = pytester.runpytest_subprocess("--composable-device=xpu:2")
+    result = pytester.runpytest("--composable-device=xpu:2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*'xpu:2' is not available*has: cpu, meta, xpu:0, xpu:1*"])
 
@@ -129,7 +219,7 @@ def test_bad_models_hook_is_a_clear_error(pytester: pytest.Pytester, case: str) 
     body, message = BAD_MODEL_HOOKS[case]
     pytester.makeconftest(f"{TINY_SPEC}\ndef pytest_composable_models(config):\n    {body}\n")
     pytester.makepyfile(test_x="def test_x(composable_model):\n    pass\n")
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert_clear_error(result, message)
 
 
@@ -138,7 +228,7 @@ def test_bad_models_hook_with_a_per_model_fixture_has_no_plugin_frames(
 ) -> None:
     pytester.makeconftest("def pytest_composable_models(config):\n    return ['not a spec']\n")
     pytester.makepyfile(test_x="def test_x(unit_module):\n    pass\n")
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert_clear_error(result, "*'not a spec', which is not a ModelSpec*")
 
 
@@ -147,7 +237,7 @@ def test_devices_hook_leaving_a_non_device_is_a_clear_error(pytester: pytest.Pyt
         "def pytest_composable_devices(config, devices):\n    devices.append('cdua')\n"
     )
     pytester.makepyfile(test_x=DEVICE_TEST)
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert_clear_error(
         result, "*composable: pytest_composable_devices left a non-device in the list*cdua*"
     )

@@ -1,4 +1,7 @@
-"""``@pytest.mark.composable(devices=[...], models=[...])``: narrowing, skips and errors."""
+"""``@pytest.mark.composable(devices=[...], models=[...])``: narrowing, skips and errors.
+
+The runs are in-process: nothing here depends on the command line or the environment.
+"""
 
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def test_marker_without_fixture():
     pass
 """,
     )
-    result = pytester.runpytest_subprocess("-v", "-rs", "--strict-markers")
+    result = pytester.runpytest("-v", "-rs", "--strict-markers")
     assert verbose_outcomes(result) == {
         "test_class.py::TestNarrowed::test_class_wide[nested_sequential_model-cpu]": "PASSED",
         "test_class.py::TestNarrowed::test_method_widens_devices[nested_sequential_model-cpu]": (
@@ -97,7 +100,7 @@ def test_cpu(composable_device):
     assert composable_device.type == "cpu"
 """
     )
-    result = pytester.runpytest_subprocess("-v", "-rs", "--composable-device=cpu")
+    result = pytester.runpytest("-v", "-rs", "--composable-device=cpu")
     assert verbose_outcomes(result) == {
         "test_x.py::test_meta_only[meta]": "SKIPPED",
         "test_x.py::test_cpu[cpu]": "PASSED",
@@ -156,7 +159,7 @@ def test_bad_markers_are_collection_errors(pytester: pytest.Pytester) -> None:
                 f"def test_it({fixture}):\n    pass\n"
             }
         )
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.assert_outcomes(errors=len(cases))
     for name, (_, _, message) in cases.items():
@@ -178,5 +181,5 @@ def test_model_fixture(unit_module):
     pass
 """
     )
-    result = pytester.runpytest_subprocess()
+    result = pytester.runpytest()
     assert_clear_error(result, "*no_such_model*")

@@ -1,11 +1,19 @@
-"""Report header, lazy torch import, ``-p no:composable``, and the help listings."""
+"""Report header, lazy torch import, ``-p no:composable``, the help listings, and the
+outcome table at the end of the terminal summary.
+
+The runs that check whether torch was imported are subprocesses; the others run
+in-process (where torch is always loaded already).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from importlib.metadata import version
 
 import pytest
 
+from pytest_composable._summary import OutcomeSummary, format_table, key_of
+from pytest_composable.state import state_of
 from tests.helpers import BUILTIN_NAMES, DEVICE_TEST, PLAIN_TEST, verbose_outcomes
 
 TORCH_VERSION = version("torch")
@@ -100,6 +108,7 @@ FIXTURES = (
     "composable_model_spec",
     "composable_model",
     "composable_input",
+    "composable_batch_size",
     *BUILTIN_NAMES,
 )
 
@@ -139,7 +148,7 @@ def help_sections(lines: list[str]) -> dict[str, list[str]]:
 
 
 def test_help_lists_the_options_in_their_group(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--help")
+    result = pytester.runpytest("--help")
     assert result.ret == pytest.ExitCode.OK
     groups = [
         body
@@ -156,8 +165,10 @@ def test_help_lists_the_options_in_their_group(pytester: pytest.Pytester) -> Non
         assert text in group
     result.stdout.fnmatch_lines(
         [
-            "  composable_devices (args):",
+            "  composable_device (args):",
             "*Devices the composable fixtures run on*",
+            "  composable_devices (args):",
+            "*Old name of composable_device*",
             "  composable_seed (string):",
             "*Seed for the composable models*",
         ]
@@ -165,6 +176,96 @@ def test_help_lists_the_options_in_their_group(pytester: pytest.Pytester) -> Non
 
 
 def test_markers_lists_composable(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("--markers", "--strict-markers")
+    result = pytester.runpytest("--markers", "--strict-markers")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(["@pytest.mark.composable(devices=[[]...[]], models=[[]...[]]*"])
+
+
+def test_header_names_the_devices_once_torch_is_loaded(pytester: pytest.Pytester) -> None:
+    """In this process torch is loaded, as where a conftest imports it: the header
+    names the devices, and no line after collection repeats them."""
+    pytester.makepyfile(test_x=DEVICE_TEST)
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines([header("devices (default): cpu, meta, seed: 0")])
+    result.stdout.no_fnmatch_line("*resolved devices*")
+
+
+def test_resolved_devices_line_is_hidden_by_quiet(pytester: pytest.Pytester) -> None:
+    config = pytester.parseconfigure()
+    state = state_of(config)
+    assert state.collected(0) == []  # nothing resolved yet
+    assert [d.type for d in state.selected] == ["cpu", "meta"]
+    assert state.collected(0) == ["composable: resolved devices: cpu, meta"]
+    assert state.collected(-1) == []
+
+
+OUTCOMES = """
+import pytest
+
+def test_device(composable_device):
+    assert composable_device.type == "meta"
+
+@pytest.mark.composable(world_size=[2, 4])
+def test_fake(composable_fake_world):
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_outcome_table_per_device_and_world_size(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x=OUTCOMES)
+    result = pytester.runpytest("-k", "test_device or test_plain")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- composable: outcomes per device and world size -*",
+            "device  passed  failed",
+            "cpu          0       1",
+            "meta         1       0",
+            "*short test summary info*",
+        ]
+    )
+    quiet = pytester.runpytest("-q", "-k", "test_device")
+    quiet.stdout.no_fnmatch_line("*outcomes per device*")
+    one_device = pytester.runpytest("--composable-device=meta", "-k", "test_device")
+    one_device.stdout.no_fnmatch_line("*outcomes per device*")
+
+
+def test_outcome_keys_and_counts_of_world_tests(pytester: pytest.Pytester) -> None:
+    """Fake world tests collected, not run: their keys, and the rows their reports make."""
+    items = pytester.getitems(OUTCOMES)
+    keys = {item.name: key_of(item) for item in items}
+    assert keys == {
+        "test_device[cpu]": ("cpu", None),
+        "test_device[meta]": ("meta", None),
+        "test_fake[cpu-ws2]": ("cpu", 2),
+        "test_fake[cpu-ws4]": ("cpu", 4),
+        "test_fake[meta-ws2]": ("meta", 2),
+        "test_fake[meta-ws4]": ("meta", 4),
+        "test_plain": (None, None),
+    }
+    summary = OutcomeSummary(items[0].config)
+    for item in items:
+        device, world_size = keys[item.name]
+        outcome = "failed" if item.name == "test_fake[cpu-ws4]" else "passed"
+        report = pytest.TestReport(item.nodeid, item.location, {}, outcome, None, "call")
+        summary.record(report, device, world_size)
+    assert summary.lines() == [
+        "device  passed  failed",
+        "cpu          2       1",
+        "meta         3       0",
+        "world size  passed  failed",
+        "2                2       0",
+        "4                1       1",
+    ]
+
+
+def test_format_table_aligns_counts_and_orders_outcomes_like_pytest() -> None:
+    rows = {"cuda:0": Counter(skipped=2, passed=10), "cpu": Counter(error=1, xfailed=3)}
+    assert format_table("device", rows) == [
+        "device  passed  error  skipped  xfailed",
+        "cuda:0      10      0        2        0",
+        "cpu          0      1        0        3",
+    ]

@@ -1,10 +1,11 @@
 """Selection on a machine with GPUs, simulated: this machine has none.
 
-Each pytester run here gets a ``conftest.py`` that patches
-``pytest_composable.devices._count`` inside the pytest subprocess so that
-``cuda`` reports N devices; everything else is real. Tests in these runs use
-only ``composable_device`` (a ``torch.device`` object, which needs no CUDA), never
-a model on cuda. (``tests/test_hooks.py`` likewise adds ``xpu`` devices through
+``pytest_composable.devices._count`` is patched so that ``cuda`` reports N
+devices: with ``monkeypatch`` in this process for the in-process runs, and by a
+``conftest.py`` in the one real ``-n 2`` run, whose workers are processes of
+their own. Everything else is real. Tests in these runs use only
+``composable_device`` (a ``torch.device`` object, which needs no CUDA), never a
+model on cuda. (``tests/test_hooks.py`` likewise adds ``xpu`` devices through
 the ``pytest_composable_devices`` hook.)
 
 Behaviours checked here only with simulated accelerators:
@@ -12,7 +13,10 @@ Behaviours checked here only with simulated accelerators:
 - the default selection adds the first device of an accelerator type (``cuda:0``);
 - ``all`` lists every device of every type (``cpu, meta, cuda:0, cuda:1``);
 - ``--composable-device cuda:1`` selects that exact device, and ids read ``test_x[cuda:1]``;
-- a missing index (``cuda:3`` with 2 GPUs) is a usage error listing ``cuda:0, cuda:1``;
+- a missing index (``cuda:3`` with 2 GPUs) is a usage error listing ``cuda:0, cuda:1``,
+  and so are ``cuda:256``, ``cuda:\u0661`` and a 20-digit index, which torch would
+  have wrapped, read or overflowed, from the option, the environment and the ini;
+  the marker skips them;
 - under pytest-xdist a bare ``cuda`` (and the default) picks the worker index modulo
   the GPU count (``PYTEST_XDIST_WORKER=gw3`` with 2 GPUs -> ``cuda:1``), checked
   with the worker variable set by hand and in a real ``-n 2`` run;
@@ -29,11 +33,14 @@ from __future__ import annotations
 
 import pytest
 
+import pytest_composable.devices as devices
 from tests.helpers import (
+    DEVICE_ENV,
     DEVICE_TEST,
     PLAIN_TEST,
     assert_usage_error,
     collected_ids,
+    name_devices,
     verbose_outcomes,
 )
 
@@ -50,9 +57,7 @@ def test_x(composable_device, request):
 """
 
 
-def simulate_cuda(pytester: pytest.Pytester, count: int) -> None:
-    pytester.makeconftest(
-        f"""
+SIMULATE_CUDA = """
 import pytest_composable.devices as devices
 
 _real_count = devices._count
@@ -62,7 +67,16 @@ def _simulated_count(device_type):
 
 devices._count = _simulated_count
 """
-    )
+
+
+def simulate_cuda(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """``count`` cuda devices for the in-process runs of this test."""
+    real_count = devices._count
+
+    def simulated_count(device_type: str) -> int:
+        return count if device_type == "cuda" else real_count(device_type)
+
+    monkeypatch.setattr(devices, "_count", simulated_count)
 
 
 def seen_devices(pytester: pytest.Pytester) -> dict[str, str]:
@@ -71,7 +85,7 @@ def seen_devices(pytester: pytest.Pytester) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(
-    ("args", "devices"),
+    ("args", "ids"),
     [
         ([], ["cpu", "meta", "cuda:0"]),
         (["--composable-device=all"], ["cpu", "meta", "cuda:0", "cuda:1"]),
@@ -80,12 +94,12 @@ def seen_devices(pytester: pytest.Pytester) -> dict[str, str]:
     ids=["default", "all", "cuda:1"],
 )
 def test_selection_with_two_gpus(
-    pytester: pytest.Pytester, args: list[str], devices: list[str]
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str], ids: list[str]
 ) -> None:
-    simulate_cuda(pytester, 2)
+    simulate_cuda(monkeypatch, 2)
     pytester.makepyfile(test_x=DEVICE_TEST)
-    result = pytester.runpytest_subprocess("--collect-only", "-q", *args)
-    assert collected_ids(result) == [f"test_x.py::test_x[{d}]" for d in devices]
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    assert collected_ids(result) == [f"test_x.py::test_x[{d}]" for d in ids]
 
 
 @pytest.mark.parametrize(
@@ -107,21 +121,33 @@ def test_xdist_worker_picks_its_gpu(
     expected: dict[str, str],
 ) -> None:
     """The worker variable set by hand, as pytest-xdist sets it in its workers."""
-    simulate_cuda(pytester, gpus)
+    simulate_cuda(monkeypatch, gpus)
     monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
     pytester.makepyfile(test_x=RECORDING_TEST)
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest(*args)
     result.assert_outcomes(passed=len(expected))
     assert seen_devices(pytester) == {
         f"seen-{test_id.replace(':', '_')}-{worker}": device for test_id, device in expected.items()
     }
 
 
-def test_real_xdist_run_spreads_workers_over_gpus(pytester: pytest.Pytester) -> None:
-    """The default selection (the same holds for ``--composable-device=cuda``)."""
-    simulate_cuda(pytester, 2)
+def test_real_xdist_run_spreads_workers_over_gpus(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ``-n 2`` run, with the device variable: it reaches both workers, which
+    build the models on cpu and spread over the GPUs (``cuda`` is this worker's)."""
+    pytester.makeconftest(SIMULATE_CUDA.format(count=2))
+    monkeypatch.setenv(DEVICE_ENV, "cpu,cuda")
     pytester.makepyfile(
-        test_x=RECORDING_TEST,
+        test_x=RECORDING_TEST
+        + """
+import pytest
+
+@pytest.mark.composable(devices=["cpu"])
+def test_model(composable_model, composable_input, composable_device):
+    assert composable_device == torch.device("cpu")
+    assert composable_model(composable_input).shape[0] == 4
+""",
         test_y=RECORDING_TEST,
         test_z=RECORDING_TEST,
         test_w=RECORDING_TEST,
@@ -129,27 +155,71 @@ def test_real_xdist_run_spreads_workers_over_gpus(pytester: pytest.Pytester) -> 
     # loadfile: each worker gets at least one of the four files, so both see a cuda test.
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadfile")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    result.assert_outcomes(passed=4 * 2 + 5)
+    result.stdout.fnmatch_lines(["*2 workers*"])
     cuda = {stem: device for stem, device in seen_devices(pytester).items() if "cuda" in device}
-    assert cuda
     workers = {stem.rsplit("-", 1)[1] for stem in cuda}
     assert workers == {"gw0", "gw1"}
     for stem, device in cuda.items():
         assert device == f"cuda:{int(stem.rsplit('-gw', 1)[1]) % 2}"
 
 
-def test_missing_gpu_index_is_a_usage_error(pytester: pytest.Pytester) -> None:
-    simulate_cuda(pytester, 2)
+ARABIC_INDIC_ONE = "\u0661"
+
+
+@pytest.mark.parametrize("source", ["cli", "env", "composable_device"])
+@pytest.mark.parametrize(
+    ("spec", "note"),
+    [
+        ("cuda:3", ""),
+        ("cuda:256", ""),  # before: torch.device wrapped it to cuda:0
+        (f"cuda:{ARABIC_INDIC_ONE}", " (a device index is written in the digits 0-9)"),
+        ("cuda:99999999999999999999", ""),  # before: an INTERNALERROR
+    ],
+    ids=["3", "256", "arabic-indic-1", "20-digits"],
+)
+def test_missing_gpu_index_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, spec: str, note: str
+) -> None:
+    simulate_cuda(monkeypatch, 2)
     pytester.makepyfile(test_plain=PLAIN_TEST)
-    result = pytester.runpytest_subprocess("--composable-device=cuda:3")
+    args, where = name_devices(pytester, monkeypatch, source, spec)
+    result = pytester.runpytest(*args)
     assert_usage_error(
         result,
-        "ERROR: composable: --composable-device: 'cuda:3' is not available on this machine; "
+        f"ERROR: composable: {where}: {spec!r} is not available on this machine{note}; "
         "this machine has: cpu, meta, cuda:0, cuda:1",
     )
 
 
-def test_marker_matches_gpus(pytester: pytest.Pytester) -> None:
-    simulate_cuda(pytester, 2)
+def test_marker_naming_a_missing_gpu_skips(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    simulate_cuda(monkeypatch, 2)
+    pytester.makepyfile(
+        test_marker=f"""
+import pytest
+
+@pytest.mark.composable(
+    devices=["cuda:256", "cuda:{ARABIC_INDIC_ONE}", "cuda:99999999999999999999"]
+)
+def test_missing(composable_device):
+    raise AssertionError("must be skipped")
+"""
+    )
+    result = pytester.runpytest("-rs", "--composable-device=all")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SKIPPED * composable: cuda:256 is not available on this machine; *",
+            f"SKIPPED * composable: cuda:{ARABIC_INDIC_ONE} is not available on this machine (*",
+            "SKIPPED * composable: cuda:99999999999999999999 is not available on *",
+        ]
+    )
+
+
+def test_marker_matches_gpus(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    simulate_cuda(monkeypatch, 2)
     pytester.makepyfile(
         test_marker="""
 import pytest
@@ -163,10 +233,49 @@ def test_second_gpu(composable_device):
     assert str(composable_device) in ("cuda:1", "cpu")
 """
     )
-    result = pytester.runpytest_subprocess("-v", "--composable-device=all")
+    result = pytester.runpytest("-v", "--composable-device=all")
     assert verbose_outcomes(result) == {
         "test_marker.py::test_any_gpu[cuda:0]": "PASSED",
         "test_marker.py::test_any_gpu[cuda:1]": "PASSED",
         "test_marker.py::test_second_gpu[cpu]": "PASSED",
         "test_marker.py::test_second_gpu[cuda:1]": "PASSED",
     }
+
+
+WORLD_TESTS = """
+def test_real(composable_world):
+    pass
+
+
+def test_fake(composable_fake_world):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "real", "fake"),
+    [
+        ([], ["cpu", "cuda:0"], ["cpu", "meta", "cuda:0"]),
+        (["--composable-device=all"], ["cpu", "cuda:0"], ["cpu", "meta", "cuda:0"]),
+        (["--composable-device=meta"], ["meta"], ["meta"]),
+    ],
+    ids=["default", "all", "meta"],
+)
+def test_world_tests_run_once_per_device_type(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    real: list[str],
+    fake: list[str],
+) -> None:
+    """A world's ranks each take a device of the test's type, so a world test runs once
+    per type (not once per GPU); a real world leaves out meta, which has no backend."""
+    simulate_cuda(monkeypatch, 2)
+    pytester.makepyfile(test_w=WORLD_TESTS)
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    assert collected_ids(result) == [f"test_w.py::test_real[{d}]" for d in real] + [
+        f"test_w.py::test_fake[{d}]" for d in fake
+    ]
+    if real == ["meta"]:
+        result = pytester.runpytest("-rs", *args)
+        result.stdout.fnmatch_lines(["*a real world needs a device with a process-group backend*"])

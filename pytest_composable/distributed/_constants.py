@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BACKEND_ENV",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORLD_SIZE",
     "FAKE_FIXTURE",
@@ -32,6 +33,7 @@ MIN_START_TIMEOUT = 20.0
 """Starting a pool counts against its first test's deadline, but may take at least this long
 (importing torch and collecting on every rank of a loaded machine)."""
 TIMEOUT_ENV = "PYTEST_COMPOSABLE_TIMEOUT"
+BACKEND_ENV = "PYTEST_COMPOSABLE_BACKEND"
 WORLD_SIZE_ENV = "PYTEST_COMPOSABLE_WORLD_SIZE"
 START_ENV = "PYTEST_COMPOSABLE_START"
 START_MODES = ("warm", "cold")

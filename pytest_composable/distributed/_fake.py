@@ -42,7 +42,7 @@ def register_fake_backend() -> None:
 
 
 @contextmanager
-def fake_world(world_size: int, rank: int, device: torch.device) -> Iterator[World]:
+def fake_world(world_size: int, rank: int, device: torch.device, seed: int) -> Iterator[World]:
     """Initialise the default process group on the fake backend, yield a :class:`World`.
 
     The group and mesh are destroyed on exit. A default group that already
@@ -65,6 +65,6 @@ def fake_world(world_size: int, rank: int, device: torch.device) -> Iterator[Wor
         # A meta test builds its model on meta and shards it over a CPU mesh
         # (FSDP2's meta-device initialisation); meta has no mesh of its own.
         mesh = init_device_mesh("cpu" if device.type == "meta" else device.type, (world_size,))
-        yield World(rank, world_size, rank, device, _FAKE, mesh, fake=True)
+        yield World(rank, world_size, rank, device, _FAKE, mesh, fake=True, seed=seed)
     finally:
         dist.destroy_process_group()

@@ -1,8 +1,9 @@
 """The distributed options and ini settings, read with their precedence and checked (torch-free).
 
-``--composable-world-size``, ``--composable-timeout`` and ``--composable-start``
-each have an environment variable and an ini setting. Precedence, for each one: the
-command line > the environment variable > the ini setting > the default.
+``--composable-world-size``, ``--composable-timeout``, ``--composable-backend`` and
+``--composable-start`` each have an environment variable and an ini setting.
+Precedence, for each one: the command line > the environment variable > the ini
+setting > the default.
 A value from any source is checked at configure time: a bad one is a usage
 error (exit 4) that names its source and the value, before anything is
 collected.
@@ -19,7 +20,9 @@ from typing import TypeVar
 import pytest
 
 from .._options import GROUP, GROUP_DESCRIPTION
+from .._text import quote
 from ._constants import (
+    BACKEND_ENV,
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
     MAX_WORLD_SIZE,
@@ -33,6 +36,7 @@ __all__ = [
     "SETTINGS_KEY",
     "DistributedSettings",
     "add_options",
+    "parse_backend",
     "parse_start",
     "parse_timeout",
     "parse_world_size",
@@ -40,10 +44,12 @@ __all__ = [
     "settings_of",
 ]
 
+T = TypeVar("T")
+
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
+_BACKEND_INI = "composable_backend"
 _START_INI = "composable_start"
-T = TypeVar("T")
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -74,6 +80,18 @@ def add_options(parser: pytest.Parser) -> None:
         ),
     )
     group.addoption(
+        "--composable-backend",
+        default=None,
+        dest="composable_backend",
+        metavar="NAME",
+        help=(
+            "Process-group backend of composable_world tests: gloo (also with CUDA tensors), "
+            "nccl, or any backend registered with torch. Precedence: composable(backend=...) > "
+            f"this option > {BACKEND_ENV} > the {_BACKEND_INI} ini setting > the default "
+            "for the test's device (gloo on cpu, nccl on cuda, torch's default elsewhere)."
+        ),
+    )
+    group.addoption(
         "--composable-start",
         default=None,
         dest="composable_start",
@@ -81,11 +99,11 @@ def add_options(parser: pytest.Parser) -> None:
         help=(
             "How rank processes start under plain pytest. warm (the default): each rank is "
             "forked from a template process that already imported torch and the test modules "
-            "(fast; module-level code runs once, in the main process, before any rank exists). "
-            "cold: each rank is a fresh interpreter that imports and collects everything "
-            "itself. warm falls back to cold, saying why, where forking is unsafe (threads, "
-            f"an initialised accelerator). Precedence: this option > {START_ENV} > the "
-            f"{_START_INI} ini setting > warm."
+            "(fast; module-level code of test modules runs once, in the main process, before "
+            "any rank exists). cold: each rank is a fresh interpreter that imports and collects "
+            "everything itself. warm falls back to cold, saying why, where forking is unsafe "
+            f"(threads, an initialised accelerator). Precedence: this option > {START_ENV} > "
+            f"the {_START_INI} ini setting > warm."
         ),
     )
     parser.addini(
@@ -93,6 +111,15 @@ def add_options(parser: pytest.Parser) -> None:
         type="string",
         default="",
         help=f"How ranks start: warm (default) or cold; {START_ENV} and --composable-start win.",
+    )
+    parser.addini(
+        _BACKEND_INI,
+        type="string",
+        default="",
+        help=(
+            "Process-group backend of composable_world tests (default: by device); "
+            f"{BACKEND_ENV} and --composable-backend win."
+        ),
     )
     parser.addini(
         _WORLD_SIZE_INI,
@@ -114,15 +141,11 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
-def _quoted(value: str) -> str:
-    return repr(value if len(value) <= 200 else value[:200] + "...")
-
-
 def parse_world_size(raw: str) -> int:
     """A world size from text: an integer in [1, MAX_WORLD_SIZE]; ``ValueError`` otherwise."""
     text = raw.strip()
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"{_quoted(raw)} is not a whole number")
+        raise ValueError(f"{quote(raw)} is not a whole number")
     value = int(text)
     if not 1 <= value <= MAX_WORLD_SIZE:
         raise ValueError(f"{value} is outside 1..{MAX_WORLD_SIZE}")
@@ -134,27 +157,38 @@ def parse_timeout(raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ValueError(f"{_quoted(raw)} is not a number of seconds") from None
+        raise ValueError(f"{quote(raw)} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{_quoted(raw)} is not a finite number of seconds > 0")
+        raise ValueError(f"{quote(raw)} is not a finite number of seconds > 0")
     return value
+
+
+def parse_backend(raw: str) -> str:
+    """A backend name (``gloo``, ``nccl``, ``cpu:gloo,cuda:nccl``...); ``ValueError`` for an
+    empty one or one with characters no backend name has. Whether torch knows it is
+    found out when a world starts."""
+    text = raw.strip()
+    if not text or not all(c.isascii() and (c.isalnum() or c in "_-:,") for c in text):
+        raise ValueError(f"{quote(raw)} is not a backend name")
+    return text
 
 
 def parse_start(raw: str) -> str:
     """A start mode from text: one of :data:`START_MODES`; ``ValueError`` otherwise."""
     value = raw.strip().lower()
     if value not in START_MODES:
-        raise ValueError(f"{_quoted(raw)} is not one of {', '.join(START_MODES)}")
+        raise ValueError(f"{quote(raw)} is not one of {', '.join(START_MODES)}")
     return value
 
 
 @dataclass(frozen=True)
 class DistributedSettings:
-    """The session's default world size, deadline and rank start mode, after precedence
-    and checks."""
+    """The session's default world size, deadline, backend and rank start mode, after
+    precedence and checks."""
 
     world_size: int
     timeout: float
+    backend: str | None = None  # None: the default for each device type
     start: str = START_MODES[0]
 
 
@@ -172,46 +206,45 @@ def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, 
 
 def _read(
     config: pytest.Config,
-    source: tuple[str, str, str],
+    option: str,
+    env: str,
+    ini: str,
     parse: Callable[[str], T],
     what: str,
-    default: T,
-) -> T:
-    """One setting from its ``(option, env variable, ini name)`` by precedence, parsed; a
-    bad value is a :class:`pytest.UsageError` naming its source."""
-    picked = _pick(config, *source)
+) -> T | None:
+    """One setting by precedence, parsed; ``None`` where no source sets it."""
+    picked = _pick(config, option, env, ini)
     if picked is None:
-        return default
+        return None
+    raw, source = picked
     try:
-        return parse(picked[0])
+        return parse(raw)
     except ValueError as error:
-        raise pytest.UsageError(f"composable: {picked[1]}: {what} {error}") from None
+        raise pytest.UsageError(f"composable: {source}: {what} {error}") from None
 
 
 def read_settings(config: pytest.Config) -> DistributedSettings:
     """Read every setting by precedence; a bad value is a :class:`pytest.UsageError`."""
+    world_size = _read(
+        config,
+        "--composable-world-size",
+        WORLD_SIZE_ENV,
+        _WORLD_SIZE_INI,
+        parse_world_size,
+        "world size",
+    )
+    timeout = _read(
+        config, "--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI, parse_timeout, "timeout"
+    )
+    backend = _read(
+        config, "--composable-backend", BACKEND_ENV, _BACKEND_INI, parse_backend, "backend"
+    )
+    start = _read(config, "--composable-start", START_ENV, _START_INI, parse_start, "start mode")
     return DistributedSettings(
-        _read(
-            config,
-            ("--composable-world-size", WORLD_SIZE_ENV, _WORLD_SIZE_INI),
-            parse_world_size,
-            "world size",
-            DEFAULT_WORLD_SIZE,
-        ),
-        _read(
-            config,
-            ("--composable-timeout", TIMEOUT_ENV, _TIMEOUT_INI),
-            parse_timeout,
-            "timeout",
-            DEFAULT_TIMEOUT,
-        ),
-        _read(
-            config,
-            ("--composable-start", START_ENV, _START_INI),
-            parse_start,
-            "start mode",
-            START_MODES[0],
-        ),
+        DEFAULT_WORLD_SIZE if world_size is None else world_size,
+        DEFAULT_TIMEOUT if timeout is None else timeout,
+        backend,
+        START_MODES[0] if start is None else start,
     )
 
 

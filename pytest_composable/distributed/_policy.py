@@ -17,6 +17,7 @@ from ._options import settings_of
 
 __all__ = [
     "PoolKey",
+    "backend_of",
     "device_type_of",
     "pg_timeout_for",
     "pool_key",
@@ -26,8 +27,8 @@ __all__ = [
     "world_size_of",
 ]
 
-PoolKey = tuple[int, str]
-"""A rank pool serves one (world size, device type)."""
+PoolKey = tuple[int, str, str]
+"""A rank pool serves one (world size, device type, backend; "" for the device's default)."""
 
 
 def sizes_of(node: Any, config: pytest.Config) -> tuple[int, ...]:
@@ -70,8 +71,14 @@ def device_type_of(item: pytest.Item) -> str:
     return "cpu"
 
 
+def backend_of(node: Any, config: pytest.Config) -> str | None:
+    """The backend a test asks for: ``composable(backend=...)`` > the session's setting;
+    ``None`` for the default of the test's device type."""
+    return read_marker(node).backend or settings_of(config).backend
+
+
 def pool_key(item: pytest.Item) -> PoolKey:
-    return world_size_of(item), device_type_of(item)
+    return world_size_of(item), device_type_of(item), backend_of(item, item.config) or ""
 
 
 def timeout_of(item: pytest.Item) -> float:

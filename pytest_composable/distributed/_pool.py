@@ -54,6 +54,7 @@ from typing import Protocol
 import pytest
 
 from ._constants import MIN_START_TIMEOUT, RANK_ENV
+from ._policy import PoolKey
 from ._protocol import (
     Channel,
     Check,
@@ -532,8 +533,8 @@ class Launcher:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.pools: dict[tuple[int, str], RankPool] = {}
-        self.broken: dict[tuple[int, str], str] = {}
+        self.pools: dict[PoolKey, RankPool] = {}
+        self.broken: dict[PoolKey, str] = {}
         self.swept = False
         self.template: Template | None = None
         self.cold_reason: str | None = None  # why warm start was asked for but not used
@@ -558,17 +559,17 @@ class Launcher:
         if template is not None:
             template.close()
 
-    def _new_pool(self, key: tuple[int, str], join_timeout: float) -> RankPool:
+    def _new_pool(self, key: PoolKey, join_timeout: float) -> RankPool:
         from .world import backend_for
 
-        world_size, device_type = key
+        world_size, device_type, backend = key
         if self.template is not None:
             try:
                 return RankPool(
                     self.config,
                     world_size,
                     device_type,
-                    backend_for(device_type),
+                    backend or backend_for(device_type),
                     join_timeout,
                     self.template,
                 )
@@ -576,10 +577,10 @@ class Launcher:
                 self.cold_reason = f"the template process failed ({error})"
                 self.retire_template()
         return RankPool(
-            self.config, world_size, device_type, backend_for(device_type), join_timeout
+            self.config, world_size, device_type, backend or backend_for(device_type), join_timeout
         )
 
-    def _pool(self, key: tuple[int, str], timeout: float) -> RankPool:
+    def _pool(self, key: PoolKey, timeout: float) -> RankPool:
         pool = self.pools.get(key)
         if pool is None:
             if key in self.broken:
@@ -603,7 +604,7 @@ class Launcher:
     def run_item(
         self,
         item: pytest.Item,
-        key: tuple[int, str],
+        key: PoolKey,
         next_id: str | None,
         timeout: float,
         pg_timeout: float,
@@ -662,12 +663,12 @@ class Launcher:
             passed(item, "teardown"),
         ]
 
-    def discard(self, key: tuple[int, str]) -> None:
+    def discard(self, key: PoolKey) -> None:
         pool = self.pools.pop(key, None)
         if pool is not None:
             pool.kill()
 
-    def finish(self, key: tuple[int, str]) -> str | None:
+    def finish(self, key: PoolKey) -> str | None:
         """Close the pool of ``key`` (no test needs it any more); teardown errors, if any."""
         pool = self.pools.pop(key, None)
         return None if pool is None else pool.stop()

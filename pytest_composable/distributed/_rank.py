@@ -25,6 +25,7 @@ from typing import IO, Any, NoReturn
 
 import pytest
 
+from ..state import state_of
 from ._constants import WORLD_FIXTURE
 from ._protocol import (
     Channel,
@@ -40,6 +41,7 @@ from ._protocol import (
     Stop,
 )
 from ._reports import serialize
+from ._seed import seed_everything
 from .world import RankContext, forget_meshes
 
 __all__ = [
@@ -103,7 +105,13 @@ def _join(spec: RankSpec) -> RankContext:
         world_size=spec.world_size,
         timeout=datetime.timedelta(seconds=spec.join_timeout),
     )
-    return RankContext(spec.rank, spec.world_size, spec.rank, spec.backend, group=dist.group.WORLD)
+    return RankContext(
+        spec.rank,
+        spec.world_size,
+        spec.rank,
+        {spec.device_type: spec.backend},
+        group=dist.group.WORLD,
+    )
 
 
 def _intact(context: RankContext) -> bool:
@@ -146,6 +154,7 @@ def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Do
     # The main process names the next test of the session, as pytest's own loop
     # would, so fixtures the next test does not share end with this one.
     nextitem = items.get(run.next_id) if run.next_id is not None else None
+    seed_everything(state_of(session.config).seed)
     reports = runtestprotocol(item, nextitem=nextitem, log=False)
     assert _context is not None
     return Done([serialize(session.config, r) for r in reports], intact=_intact(_context))
@@ -165,7 +174,7 @@ def _healthy(timeout: float) -> bool:
         if "timeout" in inspect.signature(dist.barrier).parameters:
             dist.barrier(timeout=delta)
         else:  # pragma: no cover - torch < 2.7
-            device = "cuda" if _context is not None and _context.backend == "nccl" else "cpu"
+            device = "cuda" if _context is not None and "cuda" in _context.backends else "cpu"
             work = dist.all_reduce(torch.zeros(1, device=device), async_op=True)
             assert work is not None
             work.wait(timeout=delta)

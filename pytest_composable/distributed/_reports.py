@@ -3,6 +3,13 @@
 A phase passes only if every rank passed it; it is skipped only if every rank
 skipped it; otherwise it fails, naming the failing ranks and showing each
 failing rank's own traceback.
+
+A failed report's long representation is pytest's own exception
+representation holding the text as a native traceback, with a crash line: the
+first failing rank's error and the rank (``AssertionError: ... (rank 1 of 2)``).
+The short summary, ``--tb=line`` and the JUnit XML ``message`` read that line,
+and pytest-xdist carries it from its workers, which it would not for a plain
+string or an object of another class.
 """
 
 from __future__ import annotations
@@ -11,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+from _pytest._code.code import ReprExceptionInfo, ReprFileLocation, ReprTracebackNative
 
 __all__ = [
     "PHASES",
+    "crash_line",
     "failure",
     "merge_phase",
     "merge_reports",
@@ -63,11 +72,71 @@ def _report(
     )
 
 
+def _location(item: pytest.Item) -> tuple[str, int]:
+    return str(item.path), (item.location[1] or 0) + 1
+
+
+def _longrepr(text: str, crash: ReprFileLocation) -> ReprExceptionInfo:
+    lines = [text if not text or text.endswith("\n") else text + "\n"]
+    return ReprExceptionInfo(reprtraceback=ReprTracebackNative(lines), reprcrash=crash)
+
+
 def failure(
-    item: pytest.Item, when: str, text: str, duration: float = 0.0, **extra: Any
+    item: pytest.Item,
+    when: str,
+    text: str,
+    duration: float = 0.0,
+    crash: ReprFileLocation | None = None,
+    brief: str = "",
+    **extra: Any,
 ) -> pytest.TestReport:
-    """A failed report for ``item`` whose long representation is ``text``."""
-    return _report(item, when, "failed", text, duration=duration, **extra)
+    """A failed report for ``item`` showing ``text``; its crash line is ``crash``, or
+    else the first line of ``text`` at the test's location.
+
+    Under ``--tb=line`` it shows ``brief`` instead (the failing ranks' own
+    line-style reports), before the crash line, as pytest does for a test of its own.
+    """
+    if crash is None:
+        path, lineno = _location(item)
+        crash = ReprFileLocation(path, lineno, text.strip().partition("\n")[0])
+    if getattr(item.config.option, "tbstyle", "auto") == "line":
+        text = brief
+    return _report(item, when, "failed", _longrepr(text, crash), duration=duration, **extra)
+
+
+def _crash(report: pytest.TestReport) -> ReprFileLocation | None:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return crash if isinstance(crash, ReprFileLocation) else None
+
+
+def crash_line(
+    item: pytest.Item,
+    per_rank: Mapping[int, pytest.TestReport],
+    failed: Sequence[int],
+    world_size: int,
+) -> ReprFileLocation:
+    """The first failing rank's crash line, its first line ending with the rank:
+    ``AssertionError: boom (rank 1 of 2)``, or ``(ranks 0, 1 of 2)`` when more failed
+    with the same message, or ``(rank 0 of 2; also failed: 1)`` with another one."""
+    first = per_rank[failed[0]]
+    crash = _crash(first)
+    if crash is not None:
+        path, lineno, message = crash.path, crash.lineno, crash.message
+    else:
+        path, lineno = _location(item)
+        message = next((line for line in first.longreprtext.splitlines() if line.strip()), "")
+    head, newline, rest = message.partition("\n")
+    same = all(
+        (c.message if (c := _crash(per_rank[r])) is not None else None) == message
+        for r in failed[1:]
+    )
+    if len(failed) == 1:
+        where = f"rank {failed[0]} of {world_size}"
+    elif same:
+        where = f"ranks {_ranks(failed)} of {world_size}"
+    else:
+        where = f"rank {failed[0]} of {world_size}; also failed: {_ranks(failed[1:])}"
+    return ReprFileLocation(path, lineno, f"{head} ({where}){newline}{rest}")
 
 
 def passed(item: pytest.Item, when: str) -> pytest.TestReport:
@@ -125,6 +194,8 @@ def merge_phase(
         when,
         "\n".join(lines),
         duration,
+        crash_line(item, per_rank, failed, world_size) if failed else None,
+        "\n".join(per_rank[rank].longreprtext for rank in failed),
         sections=_sections(per_rank),
         user_properties=properties,
     )

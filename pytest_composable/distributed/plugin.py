@@ -4,8 +4,11 @@
   in the test's own process.
 * ``composable_world``: the test runs on ``world_size`` real ranks. Under plain
   ``pytest`` the plugin starts the ranks itself and keeps them between tests
-  (:mod:`._pool`, :mod:`._rank`); under ``torchrun ... -m pytest`` each rank's
-  session joins the launched world (:mod:`._torchrun`).
+  (:mod:`._pool`, :mod:`._rank`); under ``torchrun ... -m pytest``, ``srun`` or
+  ``mpirun``, each rank's session joins the launched world (:mod:`._launched`).
+
+Every world test starts with each rank's global generators seeded with
+``composable_seed``, so ranks agree and no test depends on what ran before.
 
 The hooks here stay thin; what they decide comes from :mod:`._policy` and
 :mod:`._options`. Importing this module imports no torch.
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..marker import MarkerError
+from ..marker import MarkerError, read_marker
 from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
 from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
@@ -42,16 +45,16 @@ from ._policy import (
 if TYPE_CHECKING:
     import torch
 
+    from ._launched import LaunchedSession  # noqa: F401 - named in a StashKey string
     from ._pool import Launcher
     from ._protocol import RankSpec  # noqa: F401 - named in a StashKey string
-    from ._torchrun import TorchrunSession  # noqa: F401 - named in a StashKey string
     from .world import RankContext, World
 
 __all__ = ["composable_fake_world", "composable_world"]
 
 _RANK_SPEC = pytest.StashKey["RankSpec"]()
 _LAUNCHER = pytest.StashKey["Launcher"]()
-_TORCHRUN = pytest.StashKey["TorchrunSession"]()
+_LAUNCHED = pytest.StashKey["LaunchedSession"]()
 _REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
 _SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
 _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
@@ -59,10 +62,6 @@ _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
-
-
-def _in_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -81,14 +80,22 @@ def pytest_configure(config: pytest.Config) -> None:
         _rank.install_stack_dump(spec.stack_file)
         config.pluginmanager.register(_rank.RankDevices(_world_context), "composable.rank_devices")
         config.pluginmanager.register(_rank.InterruptFails(), "composable.rank_interrupts")
-    elif _in_torchrun():
-        from ._rank import RankDevices
-        from ._torchrun import TorchrunSession
+    else:
+        from ._launched import detect_launch
 
-        config.stash[_TORCHRUN] = TorchrunSession(config)
+        launch = detect_launch(os.environ)
+        if launch is None:
+            if config.stash[SETTINGS_KEY].start == "warm":
+                _watch_torch_import(config)
+            return
+        from ._launched import LaunchedSession
+        from ._rank import RankDevices
+
+        backend = config.stash[SETTINGS_KEY].backend
+        session = LaunchedSession(config, launch, _uses_world, backend)
+        config.stash[_LAUNCHED] = session
+        config.pluginmanager.register(session, "composable.launched")
         config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
-    elif config.stash[SETTINGS_KEY].start == "warm":
-        _watch_torch_import(config)
 
 
 class _TorchImportWatch(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -152,9 +159,9 @@ def _launcher(config: pytest.Config) -> Launcher:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    torchrun = session.config.stash.get(_TORCHRUN, None)
-    if torchrun is not None:
-        torchrun.silence()
+    launched = session.config.stash.get(_LAUNCHED, None)
+    if launched is not None:
+        launched.silence()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -187,9 +194,9 @@ def _report_problems(session: pytest.Session, problems: list[str]) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    torchrun = config.stash.get(_TORCHRUN, None)
-    if torchrun is not None:
-        torchrun.leave()
+    launched = config.stash.get(_LAUNCHED, None)
+    if launched is not None:
+        launched.leave()
     launcher = config.stash.get(_LAUNCHER, None)
     if launcher is not None:
         launcher.kill()  # what pytest_sessionfinish did not reach (an aborted session)
@@ -223,21 +230,35 @@ def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
 
     world_size = world_size_of(item)
     device_type = device_type_of(item)
+    launched = config.stash.get(_LAUNCHED, None)
     if device_type == "meta":
         return "composable: a real world needs a device with a process-group backend; meta has none"
-    if device_type != "cpu":
-        count = sum(d.type == device_type for d in state_of(config).available)
-        if count < world_size:
-            return (
-                f"composable: world size {world_size} needs {world_size} {device_type} devices; "
-                f"this machine has {count}"
-            )
-    torchrun = config.stash.get(_TORCHRUN, None)
-    if torchrun is not None and world_size != torchrun.world_size:
+    if launched is not None and world_size != launched.world_size:
         return (
-            f"composable: needs world size {world_size}; torchrun launched "
-            f"{torchrun.world_size} ranks"
+            f"composable: needs world size {world_size}; {launched.launch.launcher} launched "
+            f"{launched.world_size} ranks"
         )
+    wanted = read_marker(item).backend
+    if launched is not None and wanted is not None and wanted != launched.backend:
+        return (
+            f"composable: needs backend {wanted}; this {launched.launch.launcher} session's "
+            f"worlds use {launched.backend or 'the default of each device'} "
+            "(--composable-backend)"
+        )
+    if device_type != "cpu":
+        # Each node's ranks use that node's devices: under a launcher, this node's
+        # share of the world, not the whole world, must find a device each.
+        local = world_size if launched is None else launched.launch.local_world_size
+        state = state_of(config)
+        count = sum(d.type == device_type for d in state.available)
+        if count < local:
+            where = "this machine" if launched is None else "this node"
+            if state.gpu_share is not None and device_type == "cuda":
+                where = "this pytest-xdist worker's share"
+            return (
+                f"composable: {local} ranks on {where} need {local} {device_type} devices; "
+                f"{where} has {count}"
+            )
     return None
 
 
@@ -257,14 +278,14 @@ def pytest_collection_modifyitems(
         # whatever -k, -m, --lf and other plugins deselected.
         items[:] = collected
         return
-    torchrun = config.stash.get(_TORCHRUN, None)
+    launched = config.stash.get(_LAUNCHED, None)
     for item in items:
         if _uses_world(item):
             reason = _skip_reason(item, config)
             if reason is not None:
                 _skip(item, reason)
-        elif torchrun is not None:
-            reason = torchrun.skip_reason(item, FAKE_FIXTURE in _fixturenames(item))
+        elif launched is not None:
+            reason = launched.skip_reason(item)
             if reason is not None:
                 _skip(item, reason)
 
@@ -294,7 +315,7 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
     remaining = session.config.stash[_REMAINING] = _remaining(session)
     if (
         settings_of(session.config).start == "warm"
-        and _TORCHRUN not in session.config.stash
+        and _LAUNCHED not in session.config.stash
         and not session.config.option.collectonly
         and (
             any(remaining.values())
@@ -325,14 +346,20 @@ def _remaining(session: pytest.Session) -> dict[PoolKey, int] | None:
     return counts
 
 
+def _seed(config: pytest.Config) -> int:
+    from ..state import state_of
+
+    return state_of(config).seed
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     config = item.config
     if not _runs_on_ranks(item):
         return None
-    torchrun = config.stash.get(_TORCHRUN, None)
-    if torchrun is not None:
-        return bool(torchrun.run_item(item, nextitem))
+    launched = config.stash.get(_LAUNCHED, None)
+    if launched is not None:
+        return launched.run_item(item, nextitem, _seed(config))
     if _is_rank(config):
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
@@ -393,7 +420,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
     pytest-timeout timer would interrupt, or with its thread method end, the
     whole session). On a rank, the main process's deadline covers the test.
     """
-    if not _uses_world(item) or item.config.stash.get(_TORCHRUN, None) is not None:
+    if not _uses_world(item) or item.config.stash.get(_LAUNCHED, None) is not None:
         return None
     if not _is_rank(item.config):
         item.stash[_TIMER] = float(settings.timeout)
@@ -402,7 +429,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_cancel_timer(item: pytest.Item) -> bool | None:
-    if not _uses_world(item) or item.config.stash.get(_TORCHRUN, None) is not None:
+    if not _uses_world(item) or item.config.stash.get(_LAUNCHED, None) is not None:
         return None
     return True
 
@@ -412,8 +439,8 @@ def _world_context(config: pytest.Config) -> RankContext | None:
         from ._rank import context
 
         return context()
-    torchrun = config.stash.get(_TORCHRUN, None)
-    return None if torchrun is None else torchrun.context
+    launched = config.stash.get(_LAUNCHED, None)
+    return None if launched is None else launched.context
 
 
 @pytest.fixture
@@ -424,6 +451,9 @@ def composable_world(request: pytest.FixtureRequest, composable_device: torch.de
     World size: ``@pytest.mark.composable(world_size=N)`` (a list parametrizes,
     ids ``ws2``, ``ws4``) > ``--composable-world-size`` >
     ``PYTEST_COMPOSABLE_WORLD_SIZE`` > ini ``composable_world_size`` > 2.
+    Every rank's global generators (torch, ``random``, numpy if importable) are
+    seeded with ``composable_seed`` as the test starts, so ranks agree;
+    ``World.seed_per_rank()`` gives each rank its own reproducible seed.
     Backend: gloo on cpu, nccl on cuda (``cuda:<local rank>``). Deadline:
     ``composable(timeout=...)`` > ``--composable-timeout`` >
     ``PYTEST_COMPOSABLE_TIMEOUT`` > ini ``composable_timeout`` > 120 s (and
@@ -438,7 +468,7 @@ def composable_world(request: pytest.FixtureRequest, composable_device: torch.de
             "process is not one (is the plugin's runtest protocol disabled?)",
             pytrace=False,
         )
-    return make_world(context, composable_device)
+    return make_world(context, composable_device, _seed(request.config))
 
 
 @pytest.fixture
@@ -448,12 +478,16 @@ def composable_fake_world(
     """A fake world in this process: the default process group on torch's ``fake`` backend,
     as rank 0 (or the marker's ``rank=``) of ``world_size`` (as for ``composable_world``),
     with a 1-D ``DeviceMesh`` on the test's device type; destroyed after the test.
-    Collectives move no data."""
+    Collectives move no data. The process's global generators are seeded with
+    ``composable_seed`` first."""
     from ._fake import fake_world
+    from ._seed import seed_everything
     from .world import WorldError
 
     world_size = int(getattr(request, "param", 0)) or sizes_of(request.node, request.config)[0]
-    context = fake_world(world_size, rank_of(request.node), composable_device)
+    seed = _seed(request.config)
+    seed_everything(seed)
+    context = fake_world(world_size, rank_of(request.node), composable_device, seed)
     try:
         world = context.__enter__()
     except WorldError as error:

@@ -32,7 +32,9 @@ class World:
 
     ``mesh`` is a 1-D ``DeviceMesh`` over every rank on ``device``'s type.
     ``fake`` is true for the in-process fake world (one real process posing
-    as ``rank`` of ``world_size``; collectives move no data).
+    as ``rank`` of ``world_size``; collectives move no data). ``seed`` is the
+    session's ``composable_seed``: every rank's global generators are seeded
+    with it when the test starts, so ranks agree (see :meth:`seed_per_rank`).
     """
 
     rank: int
@@ -42,11 +44,30 @@ class World:
     backend: str
     mesh: DeviceMesh
     fake: bool = False
+    seed: int = 0
 
     @property
     def is_main(self) -> bool:
         """True on rank 0."""
         return self.rank == 0
+
+    @property
+    def rank_seed(self) -> int:
+        """A seed of this rank's own: ``(seed + rank) % 2**64``. Different on every rank,
+        the same on every run."""
+        return (self.seed + self.rank) % 2**64
+
+    def seed_per_rank(self) -> int:
+        """Reseed this process's global generators (torch's, ``random``'s, numpy's) with
+        :attr:`rank_seed`, for a test that wants different data on each rank; returns it.
+
+        Every world test starts with all ranks seeded alike, with ``seed``
+        (``composable_seed``); call this where the test should diverge.
+        """
+        from ._seed import seed_everything
+
+        seed_everything(self.rank_seed)
+        return self.rank_seed
 
 
 def backend_for(device_type: str) -> str:
@@ -70,14 +91,14 @@ class RankContext:
     rank: int
     world_size: int
     local_rank: int
-    backend: str
+    backends: dict[str, str]  # device type -> the backend its tensors go through
     group: Any = None  # the default process group as joined (to tell if a test replaced it)
 
 
 _meshes: dict[str, DeviceMesh] = {}
 
 
-def make_world(context: RankContext, device: torch.device) -> World:
+def make_world(context: RankContext, device: torch.device, seed: int) -> World:
     """The :class:`World` for a test on ``device`` (cuda becomes ``cuda:<local rank>``)."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
@@ -87,8 +108,15 @@ def make_world(context: RankContext, device: torch.device) -> World:
     mesh = _meshes.get(device.type)
     if mesh is None:
         mesh = _meshes[device.type] = init_device_mesh(device.type, (context.world_size,))
+    backend = context.backends.get(device.type) or next(iter(context.backends.values()))
     return World(
-        context.rank, context.world_size, context.local_rank, device, context.backend, mesh
+        context.rank,
+        context.world_size,
+        context.local_rank,
+        device,
+        backend,
+        mesh,
+        seed=seed,
     )
 
 

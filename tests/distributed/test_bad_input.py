@@ -29,6 +29,8 @@ WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
         (["--composable-timeout=nan"], "*timeout 'nan' is not a finite number of seconds > 0"),
         (["--composable-timeout=inf"], "*timeout 'inf' is not a finite number of seconds > 0"),
         (["--composable-timeout=soon"], "*timeout 'soon' is not a number of seconds"),
+        (["--composable-backend="], "*--composable-backend: backend '' is not a backend name"),
+        (["--composable-backend=gl oo"], "*backend 'gl oo' is not a backend name"),
         (
             ["--composable-start=lukewarm"],
             "*--composable-start: start mode 'lukewarm' is not one of warm, cold",
@@ -106,6 +108,8 @@ def test_precedence_cli_env_ini(pytester: pytest.Pytester, monkeypatch: pytest.M
         ("timeout=-1", "composable(timeout=...) takes a finite number of seconds > 0, got -1"),
         ("world_size=2, rank=2", "composable(rank=2) is not below world size 2"),
         ("world_size=[4, 2], rank=3", "composable(rank=3) is not below world size 2"),
+        ("backend=''", "composable(backend=...) takes a backend name, got ''"),
+        ("backend=3", "composable(backend=...) takes a backend name, got 3"),
     ],
 )
 @pytest.mark.parametrize("fixture", ["composable_world", "composable_fake_world"])

@@ -15,7 +15,7 @@ DISTRIBUTED_LAYERS = [
     "distributed.plugin",
     "distributed._pool",
     "distributed._warm",
-    "distributed._torchrun",
+    "distributed._launched",
     "distributed._rank",
     "distributed._fake",
     "distributed._protocol",
@@ -24,6 +24,7 @@ DISTRIBUTED_LAYERS = [
     "distributed._policy",
     "distributed._options",
     "distributed.world",
+    "distributed._seed",
     "distributed._constants",
 ]
 

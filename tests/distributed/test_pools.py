@@ -167,3 +167,38 @@ def test_ranks_never_write_the_main_session_files(
     assert coverage.is_file()
     assert not list(pytester.path.glob("main.coverage.*"))
     assert os.listdir(basetemp)  # the main session's, kept (a rank would have wiped it)
+
+
+BACKENDS = """
+import pytest
+import torch
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.mark.composable(backend="gloo")
+def test_gloo(composable_world):
+    assert composable_world.backend == "gloo" == dist.get_backend()
+
+
+@pytest.mark.composable(backend="nosuch")
+def test_unknown_backend(composable_world):
+    pass
+
+
+def test_default(composable_world):
+    assert composable_world.backend == "gloo"
+"""
+
+
+def test_backend_from_the_marker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_backends=BACKENDS)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert verbose_outcomes(result) == {
+        "test_backends.py::test_gloo[cpu]": "PASSED",
+        "test_backends.py::test_unknown_backend[cpu]": "ERROR",
+        "test_backends.py::test_default[cpu]": "PASSED",
+    }, output_of(result)
+    result.stdout.fnmatch_lines(["*could not start 2 ranks on cpu: rank * failed to join*"])
+    assert "nosuch" in output_of(result)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_composable.distributed._launched import Launch, detect_launch, launch_environment
 from pytest_composable.distributed._options import parse_start, parse_timeout, parse_world_size
 from pytest_composable.distributed._policy import pg_timeout_for
 from pytest_composable.distributed._pool import sweep_stale
@@ -250,3 +251,79 @@ def test_the_sweep_removes_only_directories_nobody_holds(tmp_path: Path) -> None
         os.close(fd)
     os.utime(live, (0, 0))
     assert sweep_stale(tmp_path) == [live]  # once its session has ended
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        (
+            {
+                "TORCHELASTIC_RUN_ID": "x",
+                "RANK": "3",
+                "WORLD_SIZE": "4",
+                "LOCAL_RANK": "1",
+                "LOCAL_WORLD_SIZE": "2",
+            },
+            Launch("torchrun", 3, 4, 1, 2),
+        ),
+        ({"TORCHELASTIC_RUN_ID": "x"}, None),
+        (
+            {
+                "SLURM_PROCID": "1",
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": "0",
+                "SLURM_TASKS_PER_NODE": "1(x2)",
+                "MASTER_ADDR": "n0",
+                "MASTER_PORT": "29500",
+            },
+            Launch("slurm", 1, 2, 0, 1),
+        ),
+        (
+            {
+                "SLURM_PROCID": "0",
+                "SLURM_NTASKS": "4",
+                "SLURM_LOCALID": "0",
+                "SLURM_NTASKS_PER_NODE": "4",
+                "MASTER_ADDR": "n0",
+                "MASTER_PORT": "29500",
+            },
+            Launch("slurm", 0, 4, 0, 4),
+        ),
+        # A batch script inside an allocation, without a rendezvous address: not a launch.
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "1",
+                "OMPI_COMM_WORLD_SIZE": "2",
+                "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "29500",
+            },
+            Launch("mpi", 1, 2, 1, 2),
+        ),
+        (
+            {
+                "OMPI_COMM_WORLD_RANK": "x",
+                "OMPI_COMM_WORLD_SIZE": "2",
+                "MASTER_ADDR": "a",
+                "MASTER_PORT": "1",
+            },
+            None,
+        ),
+    ],
+)
+def test_launches_are_read_from_the_environment(
+    environ: dict[str, str], expected: Launch | None
+) -> None:
+    assert detect_launch(environ) == expected
+
+
+def test_a_launch_gives_torch_its_env_variables() -> None:
+    assert launch_environment(Launch("mpi", 1, 4, 1, 2)) == {
+        "RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+    }

@@ -1,0 +1,36 @@
+"""Seeding a process's global random state (torch's CPU and accelerator generators,
+``random``, and numpy's when numpy is importable). Torch-free at import."""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any
+
+__all__ = ["seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global generator of this process with ``seed`` (0 <= seed < 2**64).
+
+    numpy is seeded only if it is importable (its seeds stop at 2**32, so it gets
+    ``seed % 2**32``); it is never required.
+    """
+    import torch
+
+    random.seed(seed)
+    # torch.manual_seed seeds the CPU generator and every initialised accelerator's.
+    torch.manual_seed(seed)
+    numpy = _numpy()
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+
+
+@functools.cache
+def _numpy() -> Any:
+    """numpy, or ``None`` where it is not installed (looked up once per process)."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
