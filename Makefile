@@ -14,7 +14,7 @@ FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 
-.PHONY: examples test test-floor lint wheel-check runtime-check gpu-check benchmarks clean
+.PHONY: examples test test-floor lint wheel-check runtime-check gpu-check benchmarks benchmarks-warm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -74,8 +74,11 @@ runtime-check: $(RUNTIME)/.installed  ## torchrun, srun and mpirun sessions with
 gpu-check:  ## on a CUDA machine: its python3 and this checkout, nothing installed
 	PYTHON=$(PYTHON) .ci/gpu-check
 
-benchmarks: $(STAMP)
+benchmarks: $(STAMP)  ## every benchmark, bench_warm.py included (exit 1 on a missed target)
 	$(PY) benchmarks/run_all.py
+
+benchmarks-warm: $(STAMP)  ## warm rank start only: benchmarks/bench_warm.py (about 6 minutes)
+	$(PY) benchmarks/bench_warm.py --pss
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) $(RUNTIME) dist build *.egg-info

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 MODELS = (
     ("unit_module", "UnitModule"),
@@ -53,7 +54,13 @@ class Timings:
     def cpu_median(self) -> float:
         return statistics.median(self.cpu)
 
-    def line(self, side: str) -> str:
+    def line(self, side: str, per_test: bool = False) -> str:
+        if per_test:  # samples are per-test times: shown in ms, no CPU time
+            times = ", ".join(f"{v * 1000:.2f}" for v in self.wall)
+            return (
+                f"  {side} {self.label}: per test median {self.wall_median * 1000:.2f} ms "
+                f"(min {min(self.wall) * 1000:.2f})  [{times}]"
+            )
         walls = ", ".join(f"{v:.3f}" for v in self.wall)
         return (
             f"  {side} {self.label}: wall median {self.wall_median:.3f} s "
@@ -63,22 +70,38 @@ class Timings:
 
 @dataclass(frozen=True)
 class Result:
-    """One benchmark: A (pytest-composable) against B (the baseline)."""
+    """One benchmark: A (pytest-composable) against B (the baseline).
+
+    ``kind`` says what is held to ``target``: ``"ratio"`` (A / B of the median wall
+    times), ``"difference"`` (A - B, seconds) or ``"per-test"`` (A's median, in ms:
+    A's samples are then per-test times, B's those of a reference shown beside them).
+    """
 
     name: str
     target: float
     a: Timings
     b: Timings
+    kind: str = "ratio"
 
     @property
     def ratio(self) -> float:
-        """The target metric: ratio of the median wall times, A / B."""
+        """The target metric (see ``kind``); for ``"ratio"``, median wall times A / B."""
+        if self.kind == "difference":
+            return self.a.wall_median - self.b.wall_median
+        if self.kind == "per-test":
+            return self.a.wall_median * 1000
         return self.a.wall_median / self.b.wall_median
+
+    @property
+    def metric(self) -> str:
+        return {"difference": "wall A - B (s)", "per-test": "A per test (ms)"}.get(
+            self.kind, "wall ratio"
+        )
 
     @property
     def cpu_ratio(self) -> float:
         """Ratio of the median CPU times, A / B: steadier on a busy machine."""
-        return self.a.cpu_median / self.b.cpu_median
+        return self.a.cpu_median / self.b.cpu_median if self.b.cpu_median else float("nan")
 
     @property
     def met(self) -> bool:
@@ -88,10 +111,10 @@ class Result:
         verdict = "met" if self.met else "MISSED"
         return "\n".join(
             [
-                f"{self.name}: wall ratio {self.ratio:.3f} (target <= {self.target:.2f}, "
+                f"{self.name}: {self.metric} {self.ratio:.3f} (target <= {self.target:.2f}, "
                 f"{verdict}), CPU ratio {self.cpu_ratio:.3f}",
-                self.a.line("A"),
-                self.b.line("B"),
+                self.a.line("A", self.kind == "per-test"),
+                self.b.line("B", self.kind == "per-test"),
             ]
         )
 
@@ -136,14 +159,25 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_once(command: Sequence[str], cwd: Path, expect_output: str) -> tuple[float, float]:
-    """Wall and CPU time of one run of ``command``; fails loudly unless pytest succeeds."""
+def run_once(
+    command: Sequence[str],
+    cwd: Path,
+    expect_output: str,
+    expect_code: int | None = 0,
+    env: dict[str, str] | None = None,
+) -> tuple[float, float]:
+    """Wall and CPU time of one run of ``command`` (``env``: added to the environment);
+    fails loudly unless pytest exits with ``expect_code`` (``None``: any) and prints
+    ``expect_output``."""
     cpu_before = _children_cpu()
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True)
+    done = subprocess.run(
+        command, cwd=cwd, env={**_environment(), **(env or {})}, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     cpu = _children_cpu() - cpu_before
-    if done.returncode != 0 or expect_output not in done.stdout:
+    code_ok = expect_code is None or done.returncode == expect_code
+    if not code_ok or expect_output not in done.stdout:
         raise SystemExit(
             f"benchmark command failed (exit {done.returncode}): {' '.join(command)} in {cwd}\n"
             f"expected output: {expect_output!r}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -151,22 +185,50 @@ def run_once(command: Sequence[str], cwd: Path, expect_output: str) -> tuple[flo
     return wall, cpu
 
 
-def compare(name: str, target: float, a: Side, b: Side, rounds: int, expect_output: str) -> Result:
-    """Time A and B interleaved (see the module docstring); each run must print that text."""
-    sides = (a, b)
-    samples: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
-    for _, command, cwd in sides:  # warm-up: bytecode caches, file system caches
-        run_once(command, cwd, expect_output)
+T = TypeVar("T")
+
+
+def interleave(once: Callable[[int], T], rounds: int) -> tuple[list[T], list[T]]:
+    """``once(0)`` (side A) and ``once(1)`` (side B): one untimed warm-up run of each
+    (bytecode and file system caches), then ``rounds`` rounds alternating the order
+    (A B, B A, ...); the samples of each side."""
+    samples: tuple[list[T], list[T]] = ([], [])
+    once(0)
+    once(1)
     for round_index in range(rounds):
         for side in (0, 1) if round_index % 2 == 0 else (1, 0):
-            _, command, cwd = sides[side]
-            samples[side].append(run_once(command, cwd, expect_output))
+            samples[side].append(once(side))
+    return samples
+
+
+def compare(
+    name: str,
+    target: float,
+    a: Side,
+    b: Side,
+    rounds: int,
+    expect_output: str | tuple[str, str],
+    *,
+    codes: tuple[int | None, int | None] = (0, 0),
+    env: dict[str, str] | None = None,
+    kind: str = "ratio",
+) -> Result:
+    """Time A and B interleaved (see the module docstring); each run must print that text
+    (one for both sides, or A's and B's) and exit with its side's code (``None``: any)."""
+    sides = (a, b)
+    outputs = (expect_output, expect_output) if isinstance(expect_output, str) else expect_output
+
+    def once(side: int) -> tuple[float, float]:
+        _, command, cwd = sides[side]
+        return run_once(command, cwd, outputs[side], codes[side], env)
+
+    samples = interleave(once, rounds)
 
     def timings(side: int) -> Timings:
         walls, cpus = zip(*samples[side], strict=True)
         return Timings(sides[side][0], walls, cpus)
 
-    return Result(name, target, timings(0), timings(1))
+    return Result(name, target, timings(0), timings(1), kind)
 
 
 def write(path: Path, text: str) -> None:

@@ -1,10 +1,15 @@
-"""Run the three pytest-composable benchmarks and print a summary table.
+"""Run the pytest-composable benchmarks and print a summary table.
 
 * ``bench_torch_free.py``: a torch-free 200-test suite, plugin installed vs
   ``-p no:composable`` (target <= 1.05);
 * ``bench_collect.py``: collecting 1,000 ``composable_model`` items vs the same
   parametrization by hand (target <= 1.2);
-* ``bench_run.py``: running those 1,000 items (target <= 1.1).
+* ``bench_run.py``: running those 1,000 items (target <= 1.1);
+* ``bench_warm.py``: warm rank start: one world test vs one plain torch test
+  (<= 1.25), 20 ``fully_shard`` tests vs ``MultiProcContinuousTest`` (<= 0.6),
+  a rank crash's restart (<= 0.5 s), time per trivial world test (<= 3 ms).
+
+Exit status 1 if any target is missed.
 
 Each benchmark interleaves its two sides and compares median wall times; see
 ``_harness.py``. ``--rounds N`` overrides every benchmark's default;
@@ -17,27 +22,31 @@ Each benchmark interleaves its two sides and compares median wall times; see
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 
 import bench_collect
 import bench_run
 import bench_torch_free
+import bench_warm
 from _harness import Result, add_arguments, apply_arguments
 
-BENCHMARKS: tuple[tuple[Callable[[int], Result], int], ...] = (
+BENCHMARKS: tuple[tuple[Callable[[int], Result | list[Result]], int], ...] = (
     (bench_torch_free.measure, bench_torch_free.DEFAULT_ROUNDS),
     (bench_collect.measure, bench_collect.DEFAULT_ROUNDS),
     (bench_run.measure, bench_run.DEFAULT_ROUNDS),
+    (bench_warm.measure_all, bench_warm.DEFAULT_ROUNDS),
 )
 
 
 def table(results: list[Result]) -> str:
-    header = ("benchmark", "A median s", "B median s", "wall A/B", "target", "CPU A/B", "")
+    header = ("benchmark", "A median", "B median", "measure", "value", "target", "CPU A/B", "")
     rows = [
         (
             r.name,
-            f"{r.a.wall_median:.3f}",
-            f"{r.b.wall_median:.3f}",
+            f"{r.a.wall_median:.4f} s",
+            f"{r.b.wall_median:.4f} s",
+            r.metric,
             f"{r.ratio:.3f}",
             f"<= {r.target:.2f}",
             f"{r.cpu_ratio:.3f}",
@@ -61,11 +70,13 @@ def main() -> None:
     apply_arguments(args)
     results = []
     for measure, default_rounds in BENCHMARKS:
-        result = measure(args.rounds or default_rounds)
-        print(result.report(), flush=True)
-        results.append(result)
+        measured = measure(args.rounds or default_rounds)
+        for result in measured if isinstance(measured, list) else [measured]:
+            print(result.report(), flush=True)
+            results.append(result)
     print()
     print(table(results))
+    sys.exit(0 if all(r.met for r in results) else 1)
 
 
 if __name__ == "__main__":

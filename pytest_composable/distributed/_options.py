@@ -1,8 +1,9 @@
 """The distributed options and ini settings, read with their precedence and checked (torch-free).
 
-``--composable-world-size`` and ``--composable-timeout`` each have an
-environment variable and an ini setting. Precedence, for each one: the
-command line > the environment variable > the ini setting > the default.
+``--composable-world-size``, ``--composable-timeout``, ``--composable-backend`` and
+``--composable-start`` each have an environment variable and an ini setting.
+Precedence, for each one: the command line > the environment variable > the ini
+setting > the default.
 A value from any source is checked at configure time: a bad one is a usage
 error (exit 4) that names its source and the value, before anything is
 collected.
@@ -25,6 +26,8 @@ from ._constants import (
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
     MAX_WORLD_SIZE,
+    START_ENV,
+    START_MODES,
     TIMEOUT_ENV,
     WORLD_SIZE_ENV,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "DistributedSettings",
     "add_options",
     "parse_backend",
+    "parse_start",
     "parse_timeout",
     "parse_world_size",
     "read_settings",
@@ -45,6 +49,7 @@ T = TypeVar("T")
 _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
 _BACKEND_INI = "composable_backend"
+_START_INI = "composable_start"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -85,6 +90,27 @@ def add_options(parser: pytest.Parser) -> None:
             f"this option > {BACKEND_ENV} > the {_BACKEND_INI} ini setting > the default "
             "for the test's device (gloo on cpu, nccl on cuda, torch's default elsewhere)."
         ),
+    )
+    group.addoption(
+        "--composable-start",
+        default=None,
+        dest="composable_start",
+        metavar="|".join(START_MODES),
+        help=(
+            "How rank processes start under plain pytest. warm (the default): each rank is "
+            "forked from a template process that already imported torch and the test modules "
+            "(fast; module-level code of test modules runs once, in the main process, before "
+            "any rank exists). cold: each rank is a fresh interpreter that imports and collects "
+            "everything itself. warm falls back to cold, saying why, where forking is unsafe "
+            f"(threads, an initialised accelerator). Precedence: this option > {START_ENV} > "
+            f"the {_START_INI} ini setting > warm."
+        ),
+    )
+    parser.addini(
+        _START_INI,
+        type="string",
+        default="",
+        help=f"How ranks start: warm (default) or cold; {START_ENV} and --composable-start win.",
     )
     parser.addini(
         _BACKEND_INI,
@@ -147,13 +173,23 @@ def parse_backend(raw: str) -> str:
     return text
 
 
+def parse_start(raw: str) -> str:
+    """A start mode from text: one of :data:`START_MODES`; ``ValueError`` otherwise."""
+    value = raw.strip().lower()
+    if value not in START_MODES:
+        raise ValueError(f"{quote(raw)} is not one of {', '.join(START_MODES)}")
+    return value
+
+
 @dataclass(frozen=True)
 class DistributedSettings:
-    """The session's default world size and deadline, after precedence and checks."""
+    """The session's default world size, deadline, backend and rank start mode, after
+    precedence and checks."""
 
     world_size: int
     timeout: float
     backend: str | None = None  # None: the default for each device type
+    start: str = START_MODES[0]
 
 
 def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, str] | None:
@@ -203,10 +239,12 @@ def read_settings(config: pytest.Config) -> DistributedSettings:
     backend = _read(
         config, "--composable-backend", BACKEND_ENV, _BACKEND_INI, parse_backend, "backend"
     )
+    start = _read(config, "--composable-start", START_ENV, _START_INI, parse_start, "start mode")
     return DistributedSettings(
         DEFAULT_WORLD_SIZE if world_size is None else world_size,
         DEFAULT_TIMEOUT if timeout is None else timeout,
         backend,
+        START_MODES[0] if start is None else start,
     )
 
 

@@ -18,6 +18,12 @@ Nothing is left behind, however the main process ends:
   session removes only directories whose lock is free, so a live session
   (even in another PID namespace sharing ``TMPDIR``) is never swept.
 
+With warm start (the default, :mod:`._warm`) a rank is forked from the
+session's template process instead of spawned; it is the same rank session,
+in its own process group, with the same arguments, environment and files,
+and the template reports its exit status (:class:`~._warm.WarmRank`), so
+everything below holds for both.
+
 The ranks are started with :class:`subprocess.Popen` rather than torch's
 elastic agent: the agent restarts the whole group whenever one worker fails,
 which must not happen between tests, and it owns the workers' stdio; here the
@@ -43,6 +49,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -65,6 +72,7 @@ from ._protocol import (
 )
 from ._rank_args import RankOptions, rank_arguments, rank_environment
 from ._reports import failure, merge_reports, passed, unserialize
+from ._warm import Template, TemplateError, unsafe_reason
 
 __all__ = ["Launcher", "PoolError", "RankPool", "sweep_stale"]
 
@@ -151,11 +159,26 @@ class PoolError(Exception):
     """The ranks could not be started."""
 
 
+class RankProcess(Protocol):
+    """A rank process: a :class:`subprocess.Popen` (cold) or a :class:`~._warm.WarmRank`."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 class RankPool:
     """``world_size`` rank processes on ``device_type``, kept between tests.
 
-    The constructor spawns them; :meth:`start` waits until they joined. On any
-    error or interruption while doing either, everything is killed and removed.
+    The constructor spawns them (forks them from ``template``, if given); :meth:`start`
+    waits until they joined. On any error or interruption while doing either,
+    everything is killed and removed.
     """
 
     def __init__(
@@ -166,13 +189,15 @@ class RankPool:
         backend: str,
         join_timeout: float,
         pg_timeout: float | None = None,
+        template: Template | None = None,
     ) -> None:
         self.config = config
         self.world_size = world_size
         self.device_type = device_type
         # The timeout the ranks' group is made with, where it cannot be changed later.
         self.pg_timeout = pg_timeout
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.template = template
+        self.procs: list[RankProcess] = []
         self.channels: dict[int, Channel] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
         self.last: str | None = None  # the last test the pool ran
@@ -209,8 +234,9 @@ class RankPool:
 
     def _spawn(
         self, rank: int, backend: str, join_timeout: float, pg_timeout: float | None
-    ) -> subprocess.Popen[bytes]:
+    ) -> RankProcess:
         ours, theirs = socket.socketpair()
+        proc: RankProcess
         try:
             spec = RankSpec(
                 control_fd=theirs.fileno(),
@@ -221,7 +247,7 @@ class RankPool:
                 backend=backend,
                 join_timeout=join_timeout,
                 pg_timeout=pg_timeout,
-                parent_pid=os.getpid(),
+                parent_pid=os.getpid() if self.template is None else self.template.pid,
                 stack_file=str(self.stacks(rank)),
             )
             env = rank_environment(
@@ -240,16 +266,25 @@ class RankPool:
             (self.directory / f"rank{rank}").mkdir()
             args = rank_arguments(_rank_options(self.config), self.directory, rank)
             with open(self.log(rank), "wb") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "pytest", *args],
-                    cwd=self.config.invocation_params.dir,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    pass_fds=[theirs.fileno()],
-                )
+                if self.template is not None:
+                    proc = self.template.fork(
+                        spec,
+                        {k: v for k, v in env.items() if k != RANK_ENV},
+                        args,
+                        str(self.config.invocation_params.dir),
+                        [theirs.fileno(), log.fileno()],
+                    )
+                else:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "pytest", *args],
+                        cwd=self.config.invocation_params.dir,
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        pass_fds=[theirs.fileno()],
+                    )
         except BaseException:
             ours.close()
             raise
@@ -520,10 +555,57 @@ class Launcher:
         self.broken: dict[PoolKey, str] = {}
         self.swept = False
         self.problems: list[str] = []  # teardown errors of pools closed to change timeout
+        self.template: Template | None = None
+        self.cold_reason: str | None = None  # why warm start was asked for but not used
 
-    def _pool(self, key: PoolKey, timeout: float, pg_timeout: float) -> RankPool:
+    def warm_up(self) -> None:
+        """Fork the template for warm rank start, unless that is unsafe here (then the ranks
+        start cold, and :attr:`cold_reason` says why). Called once the session has collected
+        and before it runs any test, so the template holds no test's state."""
+        if self.template is not None or self.cold_reason is not None:
+            return
+        reason = unsafe_reason()
+        if reason is None:
+            try:
+                self.template = Template.start()
+            except OSError as error:
+                reason = f"could not fork the template process: {error}"
+        self.cold_reason = reason
+
+    def retire_template(self) -> None:
+        """No test needs ranks any more: end the template."""
+        template, self.template = self.template, None
+        if template is not None:
+            template.close()
+
+    def _new_pool(self, key: PoolKey, join_timeout: float, pg_timeout: float | None) -> RankPool:
         from .world import backend_for
 
+        world_size, device_type, backend = key
+        if self.template is not None:
+            try:
+                return RankPool(
+                    self.config,
+                    world_size,
+                    device_type,
+                    backend or backend_for(device_type),
+                    join_timeout,
+                    pg_timeout,
+                    self.template,
+                )
+            except TemplateError as error:
+                self.cold_reason = f"the template process failed ({error})"
+                self.retire_template()
+        return RankPool(
+            self.config,
+            world_size,
+            device_type,
+            backend or backend_for(device_type),
+            join_timeout,
+            pg_timeout,
+        )
+
+    def _pool(self, key: PoolKey, timeout: float, pg_timeout: float) -> RankPool:
         pool = self.pools.get(key)
         if pool is None:
             if key in self.broken:
@@ -531,18 +613,12 @@ class Launcher:
             if not self.swept:
                 self.swept = True
                 sweep_stale()
-            world_size, device_type, backend = key
             start_timeout = max(timeout, MIN_START_TIMEOUT)
             # The ranks wait for each other a little longer than this process waits for
             # them, so that a rank that never arrives is named here, not a rendezvous
             # timeout on the ranks that did.
-            pool = RankPool(
-                self.config,
-                world_size,
-                device_type,
-                backend or backend_for(device_type),
-                start_timeout + _JOIN_GRACE,
-                None if retimes_in_place() else pg_timeout,
+            pool = self._new_pool(
+                key, start_timeout + _JOIN_GRACE, None if retimes_in_place() else pg_timeout
             )
             try:
                 pool.start(start_timeout)
@@ -635,12 +711,16 @@ class Launcher:
         pools, self.pools = list(self.pools.values()), {}
         for pool in pools:
             pool.kill()
+        template, self.template = self.template, None
+        if template is not None:
+            template.kill()
 
     def close(self) -> list[str]:
-        """Close every pool; what went wrong ending the ranks' fixtures."""
+        """Close every pool, then the template; what went wrong ending the ranks' fixtures."""
         problems, self.problems = self.problems, []
         for key in list(self.pools):
             problem = self.finish(key)
             if problem is not None:
                 problems.append(problem)
+        self.retire_template()
         return problems

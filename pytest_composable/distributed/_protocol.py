@@ -13,6 +13,11 @@ Everything that crosses the boundary is defined here, as typed values:
 Main -> rank: :class:`Run`, :class:`Check`, :class:`Stop`.
 Rank -> main: :class:`Joining`, :class:`Ready`, :class:`Done`, :class:`Missing`, :class:`Checked`,
 :class:`Crash`.
+
+With warm start (:mod:`._warm`) the main process also talks to its *template*
+process over one more socket pair: main -> template :class:`Fork` (the rank's
+control socket and log file travel with it as ``SCM_RIGHTS``, see
+:meth:`Channel.send`); template -> main :class:`Forked` and :class:`Exited`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import pickle
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -33,6 +39,9 @@ __all__ = [
     "Checked",
     "Crash",
     "Done",
+    "Exited",
+    "Fork",
+    "Forked",
     "Joining",
     "Message",
     "Missing",
@@ -149,8 +158,46 @@ class Crash:
     phase: str
 
 
-Message = Run | Check | Stop | Joining | Ready | Done | Missing | Checked | Crash
-_MESSAGES = (Run, Check, Stop, Joining, Ready, Done, Missing, Checked, Crash)
+# Main -> template (warm start).
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Fork rank ``spec.rank`` and make it a rank session: ``python -m pytest *args`` in
+    ``cwd`` with exactly ``env`` as its environment (plus :data:`RANK_ENV`: ``spec`` with the
+    received control socket's descriptor). Two descriptors travel with this message: the
+    rank's end of its control socket pair, then its log file."""
+
+    spec: RankSpec
+    env: dict[str, str]
+    args: list[str]
+    cwd: str
+
+
+# Template -> main.
+
+
+@dataclass(frozen=True)
+class Forked:
+    """The template forked rank ``rank`` as process ``pid`` (``-1``: fork failed)."""
+
+    rank: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A process the template forked has ended; ``code`` as :attr:`subprocess.Popen.returncode`
+    (negative: killed by that signal)."""
+
+    pid: int
+    code: int
+
+
+Message = (
+    Run | Check | Stop | Joining | Ready | Done | Missing | Checked | Crash | Fork | Forked | Exited
+)
+_MESSAGES = (Run, Check, Stop, Joining, Ready, Done, Missing, Checked, Crash, Fork, Forked, Exited)
 
 
 class ProtocolError(Exception):
@@ -169,11 +216,21 @@ class Channel:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def send(self, message: Message) -> bool:
-        """Send ``message``; ``False`` if the peer has gone (its end is closed)."""
+    def send(self, message: Message, fds: Sequence[int] = ()) -> bool:
+        """Send ``message``; ``False`` if the peer has gone (its end is closed).
+
+        ``fds``: file descriptors that travel with the message (``SCM_RIGHTS``, on the
+        header's bytes); the peer must read it with :meth:`recv_with_fds`."""
         payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        header = _HEADER.pack(len(payload))
         try:
-            self.sock.sendall(_HEADER.pack(len(payload)) + payload)
+            if fds:
+                # The header goes alone with the descriptors, so the reader's first
+                # recvmsg, sized to the header, takes them and nothing of the payload.
+                sent = socket.send_fds(self.sock, [header], list(fds))
+                self.sock.sendall(header[sent:] + payload)
+            else:
+                self.sock.sendall(header + payload)
         except OSError:  # BrokenPipeError, ConnectionResetError: the peer died
             return False
         return True
@@ -192,8 +249,32 @@ class Channel:
         """The next message, or ``None`` when the peer has gone (EOF or reset)."""
         try:
             header = self._exactly(_HEADER.size)
-            if header is None:
-                return None
+        except OSError:
+            return None
+        return self._message(header)
+
+    def recv_with_fds(self, maxfds: int) -> tuple[Message | None, list[int]]:
+        """The next message and the descriptors (at most ``maxfds``) that came with it;
+        ``(None, [])`` when the peer has gone. The caller owns the descriptors."""
+        try:
+            first, fds, _, _ = socket.recv_fds(self.sock, _HEADER.size, maxfds)
+            if not first:
+                for fd in fds:
+                    os.close(fd)
+                return None, []
+            rest = self._exactly(_HEADER.size - len(first))
+        except OSError:
+            return None, []
+        if rest is None:
+            for fd in fds:
+                os.close(fd)
+            return None, []
+        return self._message(first + rest), fds
+
+    def _message(self, header: bytes | None) -> Message | None:
+        if header is None:
+            return None
+        try:
             payload = self._exactly(_HEADER.unpack(header)[0])
         except OSError:
             return None

@@ -16,15 +16,21 @@ The hooks here stay thin; what they decide comes from :mod:`._policy` and
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
-from collections.abc import Generator, Iterator
+import sys
+from collections.abc import Generator, Iterator, Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from ..marker import MarkerError, read_marker
 from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
-from ._options import SETTINGS_KEY, add_options, read_settings
+from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
     PoolKey,
     device_type_of,
@@ -79,6 +85,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
         launch = detect_launch(os.environ)
         if launch is None:
+            if config.stash[SETTINGS_KEY].start == "warm":
+                _watch_torch_import(config)
             return
         from ._launched import LaunchedSession
         from ._rank import RankDevices
@@ -88,6 +96,56 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_LAUNCHED] = session
         config.pluginmanager.register(session, "composable.launched")
         config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
+
+
+class _TorchImportWatch(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Warm start must know which threads importing torch started (harmless to fork) and
+    which came later (an OpenMP pool is not): this finder, first on ``sys.meta_path`` until
+    torch is imported, lets torch's own loader run and then has the threads counted."""
+
+    def __init__(self) -> None:
+        self.loader: importlib.abc.Loader | None = None
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "torch":
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        assert self.loader is not None
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        assert self.loader is not None
+        assert module.__spec__ is not None
+        # torch sees its own loader (importlib.resources asks it for files).
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        from ._warm import note_threads
+
+        note_threads()
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+
+
+def _watch_torch_import(config: pytest.Config) -> None:
+    if "torch" in sys.modules:
+        from ._warm import note_threads
+
+        note_threads()
+        return
+    watch = _TorchImportWatch()
+    sys.meta_path.insert(0, watch)
+    config.add_cleanup(watch.remove)
 
 
 def _launcher(config: pytest.Config) -> Launcher:
@@ -114,6 +172,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     problems = launcher.close()
     if problems:
         _report_problems(session, problems)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    launcher = terminalreporter.config.stash.get(_LAUNCHER, None)
+    if launcher is not None and launcher.cold_reason is not None:
+        terminalreporter.write_line(f"composable: ranks started cold: {launcher.cold_reason}")
 
 
 def _report_problems(session: pytest.Session, problems: list[str]) -> None:
@@ -248,7 +312,20 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
 
         serve(session, spec, spec.control_fd)
         return True
-    session.config.stash[_REMAINING] = _remaining(session)
+    remaining = session.config.stash[_REMAINING] = _remaining(session)
+    if (
+        settings_of(session.config).start == "warm"
+        and _LAUNCHED not in session.config.stash
+        and not session.config.option.collectonly
+        and (
+            any(remaining.values())
+            if remaining is not None
+            else any(_runs_on_ranks(item) for item in session.items)
+        )
+    ):
+        # Before the first test: the template forked now holds the collected modules
+        # and no test's state.
+        _launcher(session.config).warm_up()
     result: object = yield
     return result
 
@@ -315,6 +392,8 @@ def _run_on_ranks(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytes
             from ._reports import failure
 
             reports.append(failure(item, "teardown", problem))
+        if remaining is not None and all(count <= 0 for count in remaining.values()):
+            launcher.retire_template()  # no test needs ranks any more
     return reports
 
 

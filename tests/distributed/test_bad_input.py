@@ -31,6 +31,10 @@ WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
         (["--composable-timeout=soon"], "*timeout 'soon' is not a number of seconds"),
         (["--composable-backend="], "*--composable-backend: backend '' is not a backend name"),
         (["--composable-backend=gl oo"], "*backend 'gl oo' is not a backend name"),
+        (
+            ["--composable-start=lukewarm"],
+            "*--composable-start: start mode 'lukewarm' is not one of warm, cold",
+        ),
     ],
 )
 def test_bad_options(pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -45,6 +49,8 @@ def test_bad_options(pytester: pytest.Pytester, args: list[str], message: str) -
         ("ini-world-size", "*composable_world_size ini setting: world size 0 is outside*"),
         ("env-timeout", "*PYTEST_COMPOSABLE_TIMEOUT: timeout 'nan' is not a finite number*"),
         ("ini-timeout", "*composable_timeout ini setting: timeout 'inf' is not a finite*"),
+        ("env-start", "*PYTEST_COMPOSABLE_START: start mode 'hot' is not one of warm, cold"),
+        ("ini-start", "*composable_start ini setting: start mode 'tepid' is not one of*"),
     ],
 )
 def test_bad_env_and_ini(
@@ -55,6 +61,10 @@ def test_bad_env_and_ini(
         monkeypatch.setenv("PYTEST_COMPOSABLE_WORLD_SIZE", "0")
     elif source == "env-timeout":
         monkeypatch.setenv("PYTEST_COMPOSABLE_TIMEOUT", "nan")
+    elif source == "env-start":
+        monkeypatch.setenv("PYTEST_COMPOSABLE_START", "hot")
+    elif source == "ini-start":
+        pytester.makeini("[pytest]\ncomposable_start = tepid\n")
     elif source == "ini-world-size":
         pytester.makeini("[pytest]\ncomposable_world_size = 0\n")
     else:

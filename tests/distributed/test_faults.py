@@ -113,6 +113,8 @@ def test_wait(composable_world):
     child = subprocess.Popen(["sleep", "1000"])
     Path(os.environ["PIDS"], f"child{composable_world.rank}").write_text(str(child.pid))
     Path(os.environ["PIDS"], f"rank{composable_world.rank}").write_text(str(os.getpid()))
+    # Warm start: the template (cold: the main process), which must end too.
+    Path(os.environ["PIDS"], f"parent{composable_world.rank}").write_text(str(os.getppid()))
     time.sleep(600)
 """
 
@@ -135,7 +137,7 @@ def test_no_rank_survives_the_session(
     )
     try:
         deadline = time.monotonic() + 60
-        while len(list(pids.iterdir())) < 4:
+        while len(list(pids.iterdir())) < 6:
             assert time.monotonic() < deadline, "the ranks did not start"
             assert main.poll() is None, main.communicate()[0].decode()
             time.sleep(0.1)
@@ -148,8 +150,8 @@ def test_no_rank_survives_the_session(
             main.wait()
     if sig == signal.SIGINT:
         assert "KeyboardInterrupt" in output
-    # The ranks and what their tests started (``sleep``) end within seconds, and the
-    # pools' directories go with them.
+    # The ranks, their template and what their tests started (``sleep``) end within
+    # seconds, and the pools' directories go with them.
     assert_gone([int(p.read_text()) for p in pids.iterdir()])
     assert_no_pool_directory(temp)
 

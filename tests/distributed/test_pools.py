@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 
 def _ranks_of_the_main_process():
+    # The ranks' parent: the main process (cold start) or its template (warm start), whose
+    # command line is the main process's (pytester's is ``python -mpytest ...``).
     main = os.getppid()
     count = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -27,7 +29,7 @@ def _ranks_of_the_main_process():
             cmdline = (stat.parent / "cmdline").read_bytes().split(b"\\0")
         except OSError:
             continue
-        if int(fields[1]) == main and b"pytest" in cmdline:
+        if int(fields[1]) == main and any(arg.endswith(b"pytest") for arg in cmdline):
             count += 1
     return count
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_composable.distributed._launched import Launch, detect_launch, launch_environment
-from pytest_composable.distributed._options import parse_timeout, parse_world_size
+from pytest_composable.distributed._options import parse_start, parse_timeout, parse_world_size
 from pytest_composable.distributed._policy import pg_timeout_for
 from pytest_composable.distributed._pool import sweep_stale
 from pytest_composable.distributed._protocol import (
@@ -21,6 +21,9 @@ from pytest_composable.distributed._protocol import (
     Checked,
     Crash,
     Done,
+    Exited,
+    Fork,
+    Forked,
     Joining,
     Missing,
     ProtocolError,
@@ -47,7 +50,11 @@ MESSAGES = [
     Missing("t.py::test_x"),
     Checked(True),
     Crash("Traceback ...", "test"),
+    Forked(1, 4321),
+    Exited(4321, -9),
 ]
+
+SPEC = RankSpec(3, "/tmp/store", 1, 2, "cpu", "gloo", 25.0, 99, "/tmp/stacks")
 
 
 def test_every_message_crosses_the_channel_unchanged() -> None:
@@ -60,6 +67,41 @@ def test_every_message_crosses_the_channel_unchanged() -> None:
     assert receiver.recv() is None  # the peer has gone
     assert not receiver.send(Stop())  # and sending to it says so instead of raising
     receiver.close()
+
+
+def test_descriptors_travel_with_a_message() -> None:
+    """A :class:`Fork` carries the rank's control socket and log file (``SCM_RIGHTS``); the
+    messages around it are read as usual."""
+    ours, theirs = socket.socketpair()
+    sender, receiver = Channel(ours), Channel(theirs)
+    read, write = os.pipe()
+    fork = Fork(SPEC, {"RANK": "1"}, ["-q", "t.py"], "/tmp")
+    assert sender.send(Stop())
+    assert sender.send(fork, [write])
+    assert sender.send(Check(1.0))
+    assert receiver.recv() == Stop()
+    message, fds = receiver.recv_with_fds(2)
+    assert message == fork
+    assert len(fds) == 1
+    os.write(fds[0], b"through the received descriptor")
+    assert os.read(read, 100) == b"through the received descriptor"
+    assert receiver.recv() == Check(1.0)
+    for fd in (read, write, *fds):
+        os.close(fd)
+    sender.close()
+    assert receiver.recv_with_fds(2) == (None, [])
+    receiver.close()
+
+
+@pytest.mark.parametrize(("raw", "value"), [("warm", "warm"), (" Cold ", "cold")])
+def test_start_mode_parses(raw: str, value: str) -> None:
+    assert parse_start(raw) == value
+
+
+@pytest.mark.parametrize("raw", ["", "hot", "warm,cold"])
+def test_start_mode_refuses(raw: str) -> None:
+    with pytest.raises(ValueError, match="is not one of warm, cold"):
+        parse_start(raw)
 
 
 def test_a_value_outside_the_protocol_is_refused() -> None:
