@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 NOT_SOURCE = shutil.ignore_patterns(
-    ".venv", ".git", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
+    ".venv*", ".git", "dist", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"
 )
 BUILD = """
 import sys
@@ -72,6 +72,10 @@ def test_wheel_has_the_license_and_its_metadata(built: tuple[set[str], set[str],
     _, wheel_files, text = built
     assert any(name.endswith(".dist-info/licenses/LICENSE") for name in wheel_files)
     assert not [name for name in wheel_files if name.startswith(("tests/", "examples/"))]
+    # Every module of the package, the distributed subpackage included (a wheel once
+    # shipped without it).
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "pytest_composable").rglob("*.py")}
+    assert modules <= wheel_files, sorted(modules - wheel_files)
     metadata = Parser().parsestr(text)
     assert metadata["License-Expression"] == "BSD-3-Clause"
     assert metadata.get_all("License-File") == ["LICENSE"]
