@@ -36,11 +36,15 @@ $(FLOOR_STAMP): pyproject.toml
 examples: $(STAMP)  ## the main job: the example suite
 	$(PY) -m pytest examples
 
-test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, two xdist workers
-	$(PY) -m pytest -n 2
+# Four workers on two cores: many tests wait on processes (deadlines, start-up), and
+# work stealing keeps the long ones from queueing behind each other.
+TEST_ARGS := -n 4 --dist worksteal
+
+test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, four xdist workers
+	$(PY) -m pytest $(TEST_ARGS)
 
 test-floor: $(FLOOR_STAMP)  ## the test suite on the lowest torch allowed, 2.6.0
-	$(FLOOR_PY) -m pytest -n 2 tests
+	$(FLOOR_PY) -m pytest $(TEST_ARGS) tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -9,6 +9,7 @@ __all__ = [
     "FAKE_FIXTURE",
     "MAX_WORLD_SIZE",
     "MIN_START_TIMEOUT",
+    "MIN_WARM_START_TIMEOUT",
     "RANK_ENV",
     "START_ENV",
     "START_MODES",
@@ -30,6 +31,8 @@ per rank, and a fake world's mesh holds one entry per rank."""
 
 DEFAULT_TIMEOUT = 120.0
 MIN_START_TIMEOUT = 20.0
+MIN_WARM_START_TIMEOUT = 10.0
+"""The same for ranks forked from the template: their imports are done already."""
 """Starting a pool counts against its first test's deadline, but may take at least this long
 (importing torch and collecting on every rank of a loaded machine)."""
 TIMEOUT_ENV = "PYTEST_COMPOSABLE_TIMEOUT"

@@ -53,7 +53,7 @@ from typing import Protocol
 
 import pytest
 
-from ._constants import MIN_START_TIMEOUT, RANK_ENV
+from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV
 from ._policy import PoolKey
 from ._protocol import (
     Channel,
@@ -613,7 +613,8 @@ class Launcher:
             if not self.swept:
                 self.swept = True
                 sweep_stale()
-            start_timeout = max(timeout, MIN_START_TIMEOUT)
+            least = MIN_START_TIMEOUT if self.template is None else MIN_WARM_START_TIMEOUT
+            start_timeout = max(timeout, least)
             # The ranks wait for each other a little longer than this process waits for
             # them, so that a rank that never arrives is named here, not a rendezvous
             # timeout on the ranks that did.

@@ -188,7 +188,7 @@ def test_a_rank_that_hangs_at_start_is_named(pytester: pytest.Pytester, temp: Pa
     }, output_of(result)
     result.stdout.fnmatch_lines(
         [
-            "composable: could not start 2 ranks on cpu: rank(s) 1 not ready after 20 s*",
+            "composable: could not start 2 ranks on cpu: rank(s) 1 not ready after 10 s*",
             "*_ rank 1 output _*",
         ]
     )
