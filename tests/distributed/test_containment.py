@@ -69,11 +69,11 @@ def test_after_destroy(composable_world):
 @pytest.mark.composable(timeout=60)
 def test_collective_waits_for_the_test_deadline(composable_world):
     if composable_world.rank == 1:
-        time.sleep(6)  # longer than --composable-timeout=4
+        time.sleep(4)  # longer than --composable-timeout=3
     dist.barrier()
 
 
-@pytest.mark.timeout(3)
+@pytest.mark.timeout(2)
 def test_pytest_timeout(composable_world):
     if composable_world.rank == 0:
         time.sleep(600)
@@ -90,7 +90,7 @@ def test_faults_between_tests_stay_in_one_test(pytester: pytest.Pytester, temp: 
     each fail or error one test; the next test gets a working world; exit code 1."""
     pytester.makepyfile(test_between=BETWEEN_TESTS)
     result = pytester.runpytest_subprocess(
-        "-v", "--composable-timeout=4", "--timeout-method=signal", "-p", "timeout"
+        "-v", "--composable-timeout=3", "--timeout-method=signal", "-p", "timeout"
     )
     assert verbose_outcomes(result) == {
         "test_between.py::test_leaves_a_dying_thread[cpu]": "PASSED",
@@ -112,7 +112,7 @@ def test_faults_between_tests_stay_in_one_test(pytester: pytest.Pytester, temp: 
     )
     result.stdout.fnmatch_lines(
         [
-            "composable: timed out after 3 s; rank(s) 0 did not finish*",
+            "composable: timed out after 2 s; rank(s) 0 did not finish*",
             "*_ rank 0 (still running) _*",
             '*File "*test_between.py", line * in test_pytest_timeout',
         ]

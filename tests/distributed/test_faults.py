@@ -165,7 +165,7 @@ import torch.distributed as dist
 pytestmark = pytest.mark.composable(devices=["cpu"])
 
 
-@pytest.mark.composable(timeout=5)
+@pytest.mark.composable(timeout=3)
 def test_short(composable_world):
     dist.barrier()
 
@@ -173,15 +173,15 @@ def test_short(composable_world):
 @pytest.mark.composable(timeout=30)
 def test_slow_collective(composable_world):
     if composable_world.rank == 1:
-        time.sleep(6)  # past test_short's process-group timeout (4 s), well within this one's
+        time.sleep(3.5)  # past test_short's process-group timeout (2 s), within this one's
     dist.barrier()
 
 
-@pytest.mark.composable(timeout=5)
+@pytest.mark.composable(timeout=3)
 def test_lost_collective(composable_world):
     if composable_world.rank == 1:
         time.sleep(60)
-    dist.barrier()  # rank 0's ends at this test's process-group timeout (4 s)
+    dist.barrier()  # rank 0's ends at this test's process-group timeout (2 s)
 """
 
 
@@ -197,7 +197,7 @@ def test_each_test_gets_its_own_process_group_timeout(pytester: pytest.Pytester)
         "test_timeouts.py::test_slow_collective[cpu]": "PASSED",
         "test_timeouts.py::test_lost_collective[cpu]": "FAILED",
     }, result.stdout.str()
-    result.stdout.fnmatch_lines(["composable: timed out after 5 s; rank(s) 1 did not finish*"])
+    result.stdout.fnmatch_lines(["composable: timed out after 3 s; rank(s) 1 did not finish*"])
 
 
 HEALTH = """
