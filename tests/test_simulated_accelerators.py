@@ -283,3 +283,53 @@ def test_world_tests_run_once_per_device_type(
     if real == ["meta"]:
         result = pytester.runpytest("-rs", *args)
         result.stdout.fnmatch_lines(["*a real world needs a device with a process-group backend*"])
+
+
+NODE_CHECK = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        reasons = [m.kwargs.get("reason", "") for m in item.iter_markers("skip")]
+        print("ITEM", item.nodeid, "|", *reasons)
+"""
+
+CUDA_WORLD = """
+import pytest
+
+@pytest.mark.composable(devices=["cuda"], world_size=2)
+def test_on_gpus(composable_world):
+    pass
+"""
+
+
+@pytest.mark.parametrize(
+    ("local_world_size", "reason"),
+    [
+        ("1", ""),  # 2 nodes of 1 rank, 1 GPU each: runs
+        ("2", "composable: 2 ranks on this node need 2 cuda devices; this node has 1"),
+    ],
+    ids=["two-nodes-of-one", "one-node-of-two"],
+)
+def test_a_launched_world_is_judged_per_node(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    local_world_size: str,
+    reason: str,
+) -> None:
+    """Under torchrun, a cuda world test runs when each node has a GPU per local rank, not
+    when this node has a GPU per rank of the whole world (collected only: nothing joins)."""
+    simulate_cuda(monkeypatch, 1)
+    launch = {
+        "TORCHELASTIC_RUN_ID": "x",
+        "RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "LOCAL_WORLD_SIZE": local_world_size,
+    }
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    pytester.makeconftest(NODE_CHECK)
+    pytester.makepyfile(test_gpus=CUDA_WORLD)
+    result = pytester.runpytest("--collect-only", "-q", "-s")
+    result.stdout.fnmatch_lines(
+        [f"ITEM test_gpus.py::test_on_gpus[[]cuda:0[]] | {reason}".rstrip()]
+    )
