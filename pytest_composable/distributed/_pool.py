@@ -582,21 +582,7 @@ class Launcher:
         from .world import backend_for
 
         world_size, device_type, backend = key
-        if self.template is not None:
-            try:
-                return RankPool(
-                    self.config,
-                    world_size,
-                    device_type,
-                    backend or backend_for(device_type),
-                    join_timeout,
-                    pg_timeout,
-                    self.template,
-                )
-            except TemplateError as error:
-                self.cold_reason = f"the template process failed ({error})"
-                self.retire_template()
-        return RankPool(
+        arguments = (
             self.config,
             world_size,
             device_type,
@@ -604,6 +590,13 @@ class Launcher:
             join_timeout,
             pg_timeout,
         )
+        if self.template is not None:
+            try:
+                return RankPool(*arguments, self.template)
+            except TemplateError as error:
+                self.cold_reason = f"the template process failed ({error})"
+                self.retire_template()
+        return RankPool(*arguments)
 
     def _pool(self, key: PoolKey, timeout: float, pg_timeout: float) -> RankPool:
         pool = self.pools.get(key)
