@@ -44,7 +44,7 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SPEC",
         help=(
             "Device(s) the composable fixtures run on: cpu, meta, cuda (this process's GPU; "
-            "under pytest-xdist the worker index modulo the visible GPUs), cuda:1, any other "
+            "under pytest-xdist the first of the worker's share of the GPUs), cuda:1, any other "
             "accelerator type, or all. Repeatable; comma lists work. Precedence: this option > "
             f"the {DEVICE_ENV} environment variable > the {DEVICE_INI} ini setting > "
             "the default (cpu, meta and the first device of each available accelerator type). "

@@ -13,8 +13,10 @@ honoured (``CUDA_VISIBLE_DEVICES=""`` means no CUDA device, even where
 ``is_available()`` would say otherwise).
 
 A *device spec* is what a user writes: ``cpu``, ``meta``, ``cuda`` (the
-device this process uses: under pytest-xdist, the worker index modulo the
-number of visible devices of that type, otherwise index 0), ``cuda:1`` (that
+device this process uses: index 0; under pytest-xdist the first GPU of the
+worker's share (:func:`share_gpus`), or, where the share could not be made
+and for other accelerator types, the worker index modulo the number of
+visible devices of that type), ``cuda:1`` (that
 exact device) or ``all`` (every discovered device). An index is written in the
 ASCII digits ``0-9``, without leading zeros, and must name a device the list
 of available devices holds: it is compared as a Python integer and never
@@ -195,7 +197,8 @@ class Selected(NamedTuple):
 
 
 def _pick(available: Sequence[torch.device], device_type: str, worker: int | None) -> Selected:
-    """This process's device of ``device_type``: the worker index modulo the visible count.
+    """This process's device of ``device_type``: the worker index modulo the visible count
+    (a worker that sees only its share of the GPUs is given ``worker=0``).
 
     Under xdist every worker must collect the same test ids, so a device picked
     by worker index is named by its type alone (``test_x[cuda]``); outside
