@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
-from .distributed._policy import world_size_of
 from .marker import MarkerError
 from .parametrize import DEVICE_FIXTURE
 
@@ -41,6 +40,8 @@ def key_of(item: pytest.Item) -> tuple[str | None, int | None]:
 def _world_size(item: pytest.Item, params: dict[str, Any]) -> int | None:
     if not any(name in getattr(item, "fixturenames", ()) for name in WORLD_FIXTURES):
         return None
+    from .distributed._policy import world_size_of  # only sessions with world tests need it
+
     try:
         return world_size_of(item)
     except MarkerError:

@@ -81,7 +81,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_rank.RankDevices(_world_context), "composable.rank_devices")
         config.pluginmanager.register(_rank.InterruptFails(), "composable.rank_interrupts")
     else:
-        from ._launched import detect_launch
+        from ._launch_env import detect_launch
 
         launch = detect_launch(os.environ)
         if launch is None:

@@ -20,6 +20,7 @@ DISTRIBUTED_LAYERS = [
     "distributed._fake",
     "distributed._protocol",
     "distributed._rank_args",
+    "distributed._launch_env",
     "distributed._reports",
     "distributed._policy",
     "distributed._options",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_composable.distributed._launched import Launch, detect_launch, launch_environment
+from pytest_composable.distributed._launch_env import Launch, detect_launch, launch_environment
 from pytest_composable.distributed._options import parse_start, parse_timeout, parse_world_size
 from pytest_composable.distributed._policy import pg_timeout_for
 from pytest_composable.distributed._pool import sweep_stale
