@@ -579,14 +579,18 @@ class Launcher:
             template.close()
 
     def _new_pool(self, key: PoolKey, join_timeout: float, pg_timeout: float | None) -> RankPool:
-        from .world import backend_for
+        from .world import WorldError, backend_for
 
         world_size, device_type, backend = key
+        try:
+            backend = backend or backend_for(device_type)
+        except WorldError as error:
+            raise PoolError(str(error)) from None
         arguments = (
             self.config,
             world_size,
             device_type,
-            backend or backend_for(device_type),
+            backend,
             join_timeout,
             pg_timeout,
         )

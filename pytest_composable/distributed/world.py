@@ -79,9 +79,12 @@ def backend_for(device_type: str) -> str:
     import torch.distributed as dist
 
     getter = getattr(dist, "get_default_backend_for_device", None)
-    if getter is None:
-        raise WorldError(f"composable: no process-group backend known for {device_type!r}")
-    return str(getter(device_type))
+    try:
+        if getter is not None:
+            return str(getter(device_type))
+    except (RuntimeError, ValueError):
+        pass  # torch knows no backend for it either
+    raise WorldError(f"composable: no process-group backend known for {device_type!r}")
 
 
 @dataclass(frozen=True)

@@ -327,3 +327,14 @@ def test_a_launch_gives_torch_its_env_variables() -> None:
         "LOCAL_RANK": "1",
         "LOCAL_WORLD_SIZE": "2",
     }
+
+
+def test_a_device_without_a_backend_fails_the_pool_start(pytester: pytest.Pytester) -> None:
+    """A device type torch knows no process-group backend for is a failed start (the test
+    errors with the reason), not an exception out of the plugin."""
+    from pytest_composable.distributed._pool import Launcher, PoolError
+
+    launcher = Launcher(pytester.parseconfig())
+    with pytest.raises(PoolError, match="no process-group backend known for 'xyz'"):
+        launcher._pool((2, "xyz", ""), 10.0, 9.0)
+    assert not launcher.pools
