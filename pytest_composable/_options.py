@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 
@@ -90,8 +90,7 @@ def add_options(parser: pytest.Parser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class DeviceSelection:
+class DeviceSelection(NamedTuple):
     """The device specs the user asked for and where they came from."""
 
     specs: tuple[str, ...]

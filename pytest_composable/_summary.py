@@ -18,7 +18,7 @@ from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
 from .marker import MarkerError
 from .parametrize import DEVICE_FIXTURE
 
-__all__ = ["OutcomeSummary", "format_table", "key_of"]
+__all__ = ["KeyTagger", "OutcomeSummary", "format_table", "key_of", "register"]
 
 WORLD_FIXTURES = (WORLD_FIXTURE, FAKE_FIXTURE)
 _KEY = "composable_key"
@@ -63,13 +63,16 @@ def format_table(title: str, rows: dict[str, Counter[str]]) -> list[str]:
 
 
 class OutcomeSummary:
-    """Counts the composable tests' outcomes and writes the table (registered at configure)."""
+    """Writes the table (registered at configure).
+
+    The counts come from the terminal reporter's own record of every report by
+    category (``terminalreporter.stats``), so a test costs nothing here while it
+    runs; a report finds its key by node id, or, under pytest-xdist, on itself.
+    """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.keys: dict[str, tuple[str | None, int | None]] = {}
-        self.devices: dict[str, Counter[str]] = {}
-        self.world_sizes: dict[str, Counter[str]] = {}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
@@ -77,40 +80,64 @@ class OutcomeSummary:
             if key != (None, None):
                 self.keys[item.nodeid] = key
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+    def key(self, report: object) -> tuple[str | None, int | None] | None:
         key = getattr(report, _KEY, None)
-        if key is None:
-            key = self.keys.get(report.nodeid)
-            if key is None:
-                return
-            setattr(report, _KEY, list(key))
-        self.record(report, key[0], key[1])
+        if key is not None:
+            return key[0], key[1]
+        return self.keys.get(getattr(report, "nodeid", ""))
 
-    def record(self, report: pytest.TestReport, device: str | None, world_size: int | None) -> None:
-        if report.when != "call" and report.passed:
-            return  # a setup or teardown that passed: the call phase counts
-        status = self.config.hook.pytest_report_teststatus(report=report, config=self.config)
-        category = status[0] if status else ""
-        if not category:
-            return
-        if device is not None:
-            self.devices.setdefault(device, Counter())[category] += 1
-        if world_size is not None:
-            self.world_sizes.setdefault(str(world_size), Counter())[category] += 1
-
-    def lines(self) -> list[str]:
-        """The tables that have more than one row."""
+    def lines(self, stats: dict[str, list[Any]]) -> list[str]:
+        """The tables that have more than one row, from reports by category (the
+        terminal reporter's ``stats``; the empty category, a passed setup or
+        teardown, does not count: the call phase does)."""
+        devices: dict[str, Counter[str]] = {}
+        world_sizes: dict[str, Counter[str]] = {}
+        for category, reports in stats.items():
+            if not category:
+                continue
+            for report in reports:
+                key = self.key(report) if isinstance(report, pytest.TestReport) else None
+                if key is None:
+                    continue
+                device, world_size = key
+                if device is not None:
+                    devices.setdefault(device, Counter())[category] += 1
+                if world_size is not None:
+                    world_sizes.setdefault(str(world_size), Counter())[category] += 1
         lines: list[str] = []
-        for title, rows in (("device", self.devices), ("world size", self.world_sizes)):
+        for title, rows in (("device", devices), ("world size", world_sizes)):
             if len(rows) > 1:
                 lines += format_table(title, rows)
         return lines
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        lines = self.lines()
-        if not lines or self.config.get_verbosity() < 0:
+        if self.config.get_verbosity() < 0:
+            return
+        lines = self.lines(terminalreporter.stats)
+        if not lines:
             return
         terminalreporter.write_sep("-", "composable: outcomes per device and world size")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+class KeyTagger:
+    """On a pytest-xdist worker: puts each report's key on the report, which carries it
+    to the controller (which collects nothing, so knows no node's device)."""
+
+    def __init__(self, summary: OutcomeSummary) -> None:
+        self.summary = summary
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        key = self.summary.keys.get(report.nodeid)
+        if key is not None:
+            setattr(report, _KEY, list(key))
+
+
+def register(config: pytest.Config) -> None:
+    """Register the table's plugin, and on a pytest-xdist worker the report tagger."""
+    summary = OutcomeSummary(config)
+    config.pluginmanager.register(summary, "composable.summary")
+    if hasattr(config, "workerinput"):
+        config.pluginmanager.register(KeyTagger(summary), "composable.summary_keys")

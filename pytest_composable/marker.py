@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -37,8 +36,7 @@ class MarkerError(ValueError):
     """A ``composable`` marker with an unknown keyword or a value of the wrong type."""
 
 
-@dataclass(frozen=True)
-class MarkerOptions:
+class MarkerOptions(NamedTuple):
     """What the closest ``composable`` markers of one test ask for (``None``: not set)."""
 
     devices: tuple[str, ...] | None = None
@@ -49,7 +47,7 @@ class MarkerOptions:
     backend: str | None = None
 
 
-_KEYWORDS = tuple(f.name for f in fields(MarkerOptions))
+_KEYWORDS = MarkerOptions._fields
 
 
 def _strings(key: str, value: Any) -> tuple[str, ...]:

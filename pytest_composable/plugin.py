@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import hookspecs
+from . import _summary, hookspecs
 from ._options import add_options
-from ._summary import OutcomeSummary
 from .marker import MARKER_HELP
 from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, parametrize
 from .state import STATE_KEY, ComposableState, state_of
@@ -44,7 +43,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     state = ComposableState(config)
     config.stash[STATE_KEY] = state
-    config.pluginmanager.register(OutcomeSummary(config), "composable.summary")
+    _summary.register(config)
     if not state.selection.is_default:
         # Validate named devices now, before collection, so a bad or missing
         # device is a usage error even in a suite that never uses a fixture.

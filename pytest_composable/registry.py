@@ -7,7 +7,8 @@ is the model that exercises it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from .rng import default_device, preserved_global_state, seeded_cpu_rng
 from .spec import ModelSpec
 
 __all__ = ["BUILTIN_MODELS", "RegistryError", "build_input", "build_model", "collect_models"]
+
+
+_CPU = torch.device("cpu")
 
 
 class RegistryError(ValueError):
@@ -60,17 +64,21 @@ def collect_models(hook_results: Iterable[object]) -> dict[str, ModelSpec]:
     return registry
 
 
-def _on_device(device: torch.device, seed: int, make: Callable[[torch.device], object]) -> object:
-    """Call ``make`` under the value rule: seeded CPU generator, built on CPU, then moved."""
-    __tracebackhide__ = True  # a user's build() error should point at the user's code
+@contextmanager
+def _value_rule(seed: int) -> Iterator[None]:
+    """Build under the value rule: the seeded CPU generator, and torch's global
+    settings restored afterwards (a ``build()`` may change any)."""
     with preserved_global_state(), seeded_cpu_rng(seed):
         # Tensors made without an explicit device must follow the value rule
         # (CPU generator), whatever default device the test has set.
         if default_device().type != "cpu":
             torch.set_default_device(None)
-        if device.type == "meta":
-            return make(device)
-        return make(torch.device("cpu"))
+        yield
+
+
+def _build_on(device: torch.device) -> torch.device:
+    """Where a value for ``device`` is built: meta stays meta, everything else on cpu."""
+    return device if device.type == "meta" else _CPU
 
 
 def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
@@ -79,12 +87,14 @@ def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
     The test's generator state, default dtype, default device and grad mode
     are the same afterwards.
     """
-    __tracebackhide__ = True
+    __tracebackhide__ = True  # a user's build() error should point at the user's code
     device = torch.device(device)
-    model = _on_device(device, seed, spec.build)
-    if not isinstance(model, nn.Module):
-        raise RegistryError(f"model {spec.name!r}: build() returned {model!r}, not an nn.Module")
-    with preserved_global_state():
+    with _value_rule(seed):
+        model = spec.build(_build_on(device))
+        if not isinstance(model, nn.Module):
+            raise RegistryError(
+                f"model {spec.name!r}: build() returned {model!r}, not an nn.Module"
+            )
         return model.to(device)
 
 
@@ -92,9 +102,10 @@ def build_input(spec: ModelSpec, device: torch.device, seed: int, batch: int) ->
     """An input batch for ``spec`` on ``device``, under the same value rule as the model."""
     __tracebackhide__ = True
     device = torch.device(device)
-    batch_input = _on_device(device, seed, lambda d: spec.make_input(d, batch))
-    if not isinstance(batch_input, torch.Tensor):
-        raise RegistryError(
-            f"model {spec.name!r}: make_input() returned {batch_input!r}, not a Tensor"
-        )
-    return batch_input.to(device)
+    with _value_rule(seed):
+        batch_input = spec.make_input(_build_on(device), batch)
+        if not isinstance(batch_input, torch.Tensor):
+            raise RegistryError(
+                f"model {spec.name!r}: make_input() returned {batch_input!r}, not a Tensor"
+            )
+        return batch_input.to(device)

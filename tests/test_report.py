@@ -233,6 +233,27 @@ def test_outcome_table_per_device_and_world_size(pytester: pytest.Pytester) -> N
     one_device.stdout.no_fnmatch_line("*outcomes per device*")
 
 
+def test_outcome_table_adds_up_under_xdist(pytester: pytest.Pytester) -> None:
+    """The controller collects nothing: each report carries its key from the worker."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_x=OUTCOMES)
+    result = pytester.runpytest_subprocess(
+        "-n", "2", "-p", "xdist", "-k", "test_device or test_fake"
+    )
+    result.assert_outcomes(passed=5, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*- composable: outcomes per device and world size -*",
+            "device  passed  failed",
+            "cpu          2       1",
+            "meta         3       0",
+            "world size  passed",
+            "2                2",
+            "4                2",
+        ]
+    )
+
+
 def test_outcome_keys_and_counts_of_world_tests(pytester: pytest.Pytester) -> None:
     """Fake world tests collected, not run: their keys, and the rows their reports make."""
     items = pytester.getitems(OUTCOMES)
@@ -247,12 +268,16 @@ def test_outcome_keys_and_counts_of_world_tests(pytester: pytest.Pytester) -> No
         "test_plain": (None, None),
     }
     summary = OutcomeSummary(items[0].config)
+    summary.keys = {item.nodeid: key for item in items if (key := keys[item.name]) != (None, None)}
+    stats: dict[str, list[object]] = {"passed": [], "failed": [], "": [], "deselected": [object()]}
     for item in items:
-        device, world_size = keys[item.name]
         outcome = "failed" if item.name == "test_fake[cpu-ws4]" else "passed"
-        report = pytest.TestReport(item.nodeid, item.location, {}, outcome, None, "call")
-        summary.record(report, device, world_size)
-    assert summary.lines() == [
+        stats[outcome].append(
+            pytest.TestReport(item.nodeid, item.location, {}, outcome, None, "call")
+        )
+        # A passed setup has no category: only the call phase counts.
+        stats[""].append(pytest.TestReport(item.nodeid, item.location, {}, "passed", None, "setup"))
+    assert summary.lines(stats) == [
         "device  passed  failed",
         "cpu          2       1",
         "meta         3       0",

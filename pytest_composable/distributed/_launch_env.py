@@ -7,13 +7,12 @@ without importing the launched-session machinery.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Launch", "detect_launch", "launch_environment"]
 
 
-@dataclass(frozen=True)
-class Launch:
+class Launch(NamedTuple):
     """Where this process stands in a launched world, whoever launched it."""
 
     launcher: str  # "torchrun", "slurm" or "mpi"

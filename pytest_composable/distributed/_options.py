@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import pytest
 
@@ -181,8 +180,7 @@ def parse_start(raw: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class DistributedSettings:
+class DistributedSettings(NamedTuple):
     """The session's default world size, deadline, backend and rank start mode, after
     precedence and checks."""
 

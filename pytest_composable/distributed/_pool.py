@@ -54,6 +54,7 @@ from typing import Protocol
 import pytest
 
 from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV
+from ._fork_safety import unsafe_reason
 from ._policy import PoolKey
 from ._protocol import (
     Channel,
@@ -72,7 +73,7 @@ from ._protocol import (
 )
 from ._rank_args import RankOptions, rank_arguments, rank_environment
 from ._reports import failure, merge_reports, passed, unserialize
-from ._warm import Template, TemplateError, unsafe_reason
+from ._warm import Template, TemplateError
 
 __all__ = ["Launcher", "PoolError", "RankPool", "sweep_stale"]
 

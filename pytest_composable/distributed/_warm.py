@@ -30,7 +30,7 @@ warm rank skips the imports:
 Forking is unsafe when the main process runs other threads (Python threads,
 or native ones started after torch was imported, such as an OpenMP pool:
 a forked child's OpenMP hangs) or has initialised an accelerator; then
-:func:`unsafe_reason` says why and the ranks start cold.
+:func:`~._fork_safety.unsafe_reason` says why and the ranks start cold.
 
 What differs from a cold start: module-level code of conftests and test
 modules runs once, in the main process, before any rank exists (a module that
@@ -60,61 +60,11 @@ from ._constants import RANK_ENV
 from ._protocol import Channel, Exited, Fork, Forked, Message, ProtocolError, RankSpec
 from ._rank import watch_parent
 
-__all__ = ["Template", "TemplateError", "WarmRank", "note_threads", "unsafe_reason"]
+__all__ = ["Template", "TemplateError", "WarmRank"]
 
 _REPLY_WAIT = 10.0  # a fork takes milliseconds; this is only so nothing waits forever
 _CLOSE_WAIT = 5.0
 _IDLE_CHECK = 5.0  # how often an idle template checks that the main process is alive
-
-_tasks_after_torch: int | None = None
-
-
-def _tasks() -> int:
-    """Threads of this process, native ones included (Linux)."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:  # pragma: no cover - no procfs
-        return threading.active_count()
-
-
-def note_threads() -> None:
-    """Remember how many threads this process had right after torch was imported.
-
-    Importing torch (and numpy's BLAS) starts threads that survive a fork
-    harmlessly; threads started later, such as an OpenMP pool spun up by a
-    parallel tensor operation, do not. The plugin calls this when torch's import
-    completes (or at configure time, if torch came first); cheap (one ``listdir``)."""
-    global _tasks_after_torch
-    if _tasks_after_torch is None and "torch" in sys.modules:
-        _tasks_after_torch = _tasks()
-
-
-def unsafe_reason() -> str | None:
-    """Why this process must not be forked into a template now, or ``None`` if it may."""
-    if not sys.platform.startswith("linux") or not hasattr(socket, "send_fds"):
-        return (
-            f"warm start needs Linux (fork, PR_SET_PDEATHSIG, SCM_RIGHTS); this is {sys.platform}"
-        )
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    if threads:
-        return f"the main process runs other Python threads ({', '.join(sorted(threads))})"
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        for name in ("cuda", "xpu", "mtia", "mps"):
-            initialized = getattr(getattr(torch, name, None), "is_initialized", None)
-            with contextlib.suppress(Exception):
-                if initialized is not None and initialized():
-                    return f"torch.{name} is already initialised in the main process"
-        note_threads()
-        if _tasks_after_torch is not None and _tasks() > _tasks_after_torch:
-            return (
-                f"the main process started {_tasks() - _tasks_after_torch} native thread(s) "
-                "after importing torch (an OpenMP pool? a forked child's would hang)"
-            )
-    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+
-    if monitoring is not None and any(monitoring.get_tool(i) for i in range(6)):
-        return "a sys.monitoring tool (coverage, a debugger) is active in the main process"
-    return None
 
 
 class TemplateError(Exception):
@@ -133,7 +83,7 @@ class Template:
 
     @classmethod
     def start(cls) -> Template:
-        """Fork the template from this process (see :func:`unsafe_reason` first)."""
+        """Fork the template from this process (see :func:`~._fork_safety.unsafe_reason` first)."""
         ours, theirs = socket.socketpair()
         main = os.getpid()
         try:

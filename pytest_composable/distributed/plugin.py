@@ -16,14 +16,8 @@ The hooks here stay thin; what they decide comes from :mod:`._policy` and
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import os
-import sys
-from collections.abc import Generator, Iterator, Sequence
-from types import ModuleType
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -86,7 +80,9 @@ def pytest_configure(config: pytest.Config) -> None:
         launch = detect_launch(os.environ)
         if launch is None:
             if config.stash[SETTINGS_KEY].start == "warm":
-                _watch_torch_import(config)
+                from ._fork_safety import watch_torch_import
+
+                config.add_cleanup(watch_torch_import())
             return
         from ._launched import LaunchedSession
         from ._rank import RankDevices
@@ -96,56 +92,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_LAUNCHED] = session
         config.pluginmanager.register(session, "composable.launched")
         config.pluginmanager.register(RankDevices(_world_context), "composable.rank_devices")
-
-
-class _TorchImportWatch(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Warm start must know which threads importing torch started (harmless to fork) and
-    which came later (an OpenMP pool is not): this finder, first on ``sys.meta_path`` until
-    torch is imported, lets torch's own loader run and then has the threads counted."""
-
-    def __init__(self) -> None:
-        self.loader: importlib.abc.Loader | None = None
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "torch":
-            return None
-        self.remove()
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        self.loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        assert self.loader is not None
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        assert self.loader is not None
-        assert module.__spec__ is not None
-        # torch sees its own loader (importlib.resources asks it for files).
-        module.__loader__ = module.__spec__.loader = self.loader
-        self.loader.exec_module(module)
-        from ._warm import note_threads
-
-        note_threads()
-
-    def remove(self) -> None:
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-
-
-def _watch_torch_import(config: pytest.Config) -> None:
-    if "torch" in sys.modules:
-        from ._warm import note_threads
-
-        note_threads()
-        return
-    watch = _TorchImportWatch()
-    sys.meta_path.insert(0, watch)
-    config.add_cleanup(watch.remove)
 
 
 def _launcher(config: pytest.Config) -> Launcher:
