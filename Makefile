@@ -14,7 +14,7 @@ FLOOR_VENV := .venv-floor
 FLOOR_PY := $(FLOOR_VENV)/bin/python
 FLOOR_STAMP := $(FLOOR_VENV)/.installed
 
-.PHONY: examples test test-floor lint wheel-check runtime-check gpu-check benchmarks benchmarks-warm clean
+.PHONY: examples test test-cold test-floor lint wheel-check runtime-check gpu-check benchmarks benchmarks-warm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ TEST_ARGS := -n 4 --dist worksteal
 
 test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, four xdist workers
 	$(PY) -m pytest $(TEST_ARGS)
+
+# Warm rank start is the default; the same suite and examples must pass with ranks
+# started as fresh interpreters too (the variable reaches every pytest run the suite starts).
+test-cold: $(STAMP)  ## the test suite and the examples with --composable-start=cold
+	PYTEST_COMPOSABLE_START=cold $(PY) -m pytest $(TEST_ARGS)
+	PYTEST_COMPOSABLE_START=cold $(PY) -m pytest -q examples
 
 test-floor: $(FLOOR_STAMP)  ## the test suite on the lowest torch allowed, 2.6.0
 	$(FLOOR_PY) -m pytest $(TEST_ARGS) tests

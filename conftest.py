@@ -15,7 +15,9 @@ import pytest
 pytest_plugins = ["pytester"]
 
 # The device variable, and pytest-xdist's worker variables, which are set in this
-# very process when the suite runs under ``-n``.
+# very process when the suite runs under ``-n``. PYTEST_COMPOSABLE_START is kept on
+# purpose: ``make test-cold`` runs the whole suite, and every pytest run it starts,
+# with cold rank start through it.
 ISOLATED_ENV = (
     "PYTEST_COMPOSABLE_DEVICE",
     "PYTEST_XDIST_WORKER",

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import models
-from .rng import default_device, preserved_global_state, seeded_cpu_rng
+from .rng import preserved_global_state, seeded_cpu_rng
 from .spec import ModelSpec
 
 __all__ = ["BUILTIN_MODELS", "RegistryError", "build_input", "build_model", "collect_models"]
@@ -68,10 +68,10 @@ def collect_models(hook_results: Iterable[object]) -> dict[str, ModelSpec]:
 def _value_rule(seed: int) -> Iterator[None]:
     """Build under the value rule: the seeded CPU generator, and torch's global
     settings restored afterwards (a ``build()`` may change any)."""
-    with preserved_global_state(), seeded_cpu_rng(seed):
+    with preserved_global_state() as default, seeded_cpu_rng(seed):
         # Tensors made without an explicit device must follow the value rule
         # (CPU generator), whatever default device the test has set.
-        if default_device().type != "cpu":
+        if default.type != "cpu":
             torch.set_default_device(None)
         yield
 

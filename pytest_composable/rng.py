@@ -44,15 +44,16 @@ def default_device() -> torch.device:
 
 
 @contextmanager
-def preserved_global_state() -> Iterator[None]:
+def preserved_global_state() -> Iterator[torch.device]:
     """Restore the default dtype, default device, grad mode and deterministic-algorithms
-    setting (with its warn-only flag) after the block, as a ``build()`` may change any."""
+    setting (with its warn-only flag) after the block, as a ``build()`` may change any;
+    yields the default device found on entry."""
     dtype = torch.get_default_dtype()
     device = default_device()
     grad = torch.is_grad_enabled()
     deterministic = _deterministic()
     try:
-        yield
+        yield device
     finally:
         torch.set_default_dtype(dtype)
         if _deterministic() != deterministic:

@@ -57,6 +57,12 @@ def test_bad_env_and_ini(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, message: str
 ) -> None:
     pytester.makepyfile(WORLD_TEST)
+    for name in (
+        "PYTEST_COMPOSABLE_WORLD_SIZE",
+        "PYTEST_COMPOSABLE_TIMEOUT",
+        "PYTEST_COMPOSABLE_START",
+    ):
+        monkeypatch.delenv(name, raising=False)  # each case tests one source alone
     if source == "env-world-size":
         monkeypatch.setenv("PYTEST_COMPOSABLE_WORLD_SIZE", "0")
     elif source == "env-timeout":

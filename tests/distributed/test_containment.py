@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_composable.distributed._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT
 from tests.helpers import assert_gone, assert_no_pool_directory, output_of, verbose_outcomes
 
 
@@ -179,6 +180,9 @@ def test_one_rank(composable_world):
 
 
 def test_a_rank_that_hangs_at_start_is_named(pytester: pytest.Pytester, temp: Path) -> None:
+    # The start mode this suite runs in (``make test-cold`` sets cold): it sets the deadline.
+    cold = os.environ.get("PYTEST_COMPOSABLE_START") == "cold"
+    deadline = MIN_START_TIMEOUT if cold else MIN_WARM_START_TIMEOUT
     pytester.makeconftest(STARTUP_HANG)
     pytester.makepyfile(test_start=STARTUP_TESTS)
     result = pytester.runpytest_subprocess("-v", "--composable-timeout=2")
@@ -188,7 +192,8 @@ def test_a_rank_that_hangs_at_start_is_named(pytester: pytest.Pytester, temp: Pa
     }, output_of(result)
     result.stdout.fnmatch_lines(
         [
-            "composable: could not start 2 ranks on cpu: rank(s) 1 not ready after 10 s*",
+            f"composable: could not start 2 ranks on cpu: "
+            f"rank(s) 1 not ready after {deadline:g} s*",
             "*_ rank 1 output _*",
         ]
     )
