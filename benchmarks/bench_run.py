@@ -15,7 +15,7 @@ from __future__ import annotations
 from _harness import Result, compare, main, model_suite_sides, scratch_dir
 
 TARGET = 1.05
-DEFAULT_ROUNDS = 7
+DEFAULT_ROUNDS = 11
 
 
 def measure(rounds: int) -> Result:
