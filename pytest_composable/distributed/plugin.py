@@ -52,6 +52,8 @@ _LAUNCHED = pytest.StashKey["LaunchedSession"]()
 _REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
 _SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
 _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
+_WORKERS_COLD = pytest.StashKey[dict[str, str]]()  # xdist controller: worker id -> why cold
+_COLD_OUTPUT = "composable_cold_reason"  # the key in a pytest-xdist worker's workeroutput
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -115,15 +117,47 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     launcher = session.config.stash.get(_LAUNCHER, None)
     if launcher is None:
         return
+    _hand_cold_reason_to_controller(session.config, launcher.cold_reason)
     problems = launcher.close()
     if problems:
         _report_problems(session, problems)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: keep why a worker's ranks started cold."""
+    reason = getattr(node, "workeroutput", {}).get(_COLD_OUTPUT)
+    if isinstance(reason, str):
+        worker = str(getattr(node, "workerinput", {}).get("workerid", "a worker"))
+        node.config.stash.setdefault(_WORKERS_COLD, {})[worker] = reason
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    launcher = terminalreporter.config.stash.get(_LAUNCHER, None)
+    for line in _cold_start_lines(terminalreporter.config):
+        terminalreporter.write_line(line)
+
+
+def _hand_cold_reason_to_controller(config: pytest.Config, reason: str | None) -> None:
+    """On a pytest-xdist worker, whose own summary nobody sees: the reason travels to the
+    controller with the worker's output (``pytest_testnodedown``)."""
+    workeroutput = getattr(config, "workeroutput", None)
+    if reason is not None and isinstance(workeroutput, dict):
+        workeroutput[_COLD_OUTPUT] = reason
+
+
+def _cold_start_lines(config: pytest.Config) -> list[str]:
+    """One line per reason warm start was refused: this session's, and (on a pytest-xdist
+    controller) its workers', each reason once with the workers it applies to."""
+    lines: list[str] = []
+    launcher = config.stash.get(_LAUNCHER, None)
     if launcher is not None and launcher.cold_reason is not None:
-        terminalreporter.write_line(f"composable: ranks started cold: {launcher.cold_reason}")
+        lines.append(f"composable: ranks started cold: {launcher.cold_reason}")
+    by_reason: dict[str, list[str]] = {}
+    for worker, reason in sorted(config.stash.get(_WORKERS_COLD, {}).items()):
+        by_reason.setdefault(reason, []).append(worker)
+    for reason, workers in by_reason.items():
+        lines.append(f"composable: ranks started cold on {', '.join(workers)}: {reason}")
+    return lines
 
 
 def _report_problems(session: pytest.Session, problems: list[str]) -> None:

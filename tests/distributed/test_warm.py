@@ -159,3 +159,29 @@ def test_a_pool_restarted_after_a_crash_or_a_hang_starts_warm(
     }, output_of(result)
     result.stdout.fnmatch_lines(["composable: rank 1 exited with status 7"])
     result.stdout.fnmatch_lines(["composable: timed out after 4 s; rank(s) 0 did not finish*"])
+
+
+def test_a_workers_fallback_reaches_the_controllers_report(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pytest-xdist worker's own summary is not shown: its reason comes through the
+    controller, once for all the workers it applies to."""
+    pytest.importorskip("xdist")
+    pytester.makeconftest(THREAD)
+    pytester.makepyfile(
+        test_barrier="""
+        import pytest
+        import torch.distributed as dist
+
+        @pytest.mark.composable(devices=["cpu"])
+        def test_barrier(composable_world):
+            dist.barrier()
+        """
+    )
+    monkeypatch.delenv("PYTEST_COMPOSABLE_START", raising=False)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "xdist", "-n", "1")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["composable: ranks started cold on gw0: the main process runs other Python threads*"]
+    )
+    assert output_of(result).count("ranks started cold") == 1
