@@ -39,6 +39,7 @@ __all__ = [
     "DeviceSpecError",
     "MissingDeviceError",
     "Selected",
+    "accelerator_present",
     "default_devices",
     "discover_devices",
     "gpu_share",
@@ -111,6 +112,12 @@ def _built_accelerator() -> str | None:
         return None
     found = current(check_available=False)
     return None if found is None else str(found.type)
+
+
+def accelerator_present() -> bool:
+    """Whether this process sees a device of any accelerator type, counted as
+    :func:`discover_devices` counts them (no accelerator is initialised)."""
+    return any(_count(device_type) > 0 for device_type in _accelerator_types())
 
 
 def discover_devices() -> list[torch.device]:

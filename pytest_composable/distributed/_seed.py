@@ -18,8 +18,10 @@ def seed_everything(seed: int) -> None:
     """
     import torch
 
+    from ..devices import accelerator_present
+
     random.seed(seed)
-    if _accelerator_present(torch):
+    if accelerator_present():
         # The CPU generator and every accelerator's, now or when it is initialised.
         torch.manual_seed(seed)
     else:
@@ -30,19 +32,6 @@ def seed_everything(seed: int) -> None:
     numpy = _numpy()
     if numpy is not None:
         numpy.random.seed(seed % 2**32)
-
-
-def _accelerator_present(torch: Any) -> bool:
-    """Whether this process may have an accelerator: this torch was built for one, and
-    (where torch can tell, 2.7+) one is available."""
-    accelerator = getattr(torch, "accelerator", None)
-    current = getattr(accelerator, "current_accelerator", None)
-    if current is None:  # pragma: no cover - torch without torch.accelerator
-        return True
-    try:
-        return current(check_available=True) is not None
-    except TypeError:  # torch 2.6: the build's accelerator type, available or not
-        return current() is not None
 
 
 @functools.cache

@@ -63,18 +63,18 @@ def test_every_world_test_starts_seeded(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=4)  # the draws assume seed 0
 
 
-def _seeded_accelerators(monkeypatch: pytest.MonkeyPatch, accelerator: object) -> list[int]:
-    """Run ``seed_everything(5)`` with torch reporting ``accelerator`` as present (or
-    ``None``); the seeds the CUDA generators were queued, and the CPU draw checked."""
+def _seeded_accelerators(monkeypatch: pytest.MonkeyPatch, cuda_devices: int) -> list[int]:
+    """Run ``seed_everything(5)`` on a machine simulated to have ``cuda_devices`` GPUs and
+    no other accelerator; the seeds the CUDA generators were given, and the CPU draw
+    checked."""
     import torch
 
+    from pytest_composable import devices
     from pytest_composable.distributed import _seed
 
     calls: list[int] = []
     monkeypatch.setattr(torch.cuda, "manual_seed_all", calls.append)
-    monkeypatch.setattr(
-        torch.accelerator, "current_accelerator", lambda check_available=False: accelerator
-    )
+    monkeypatch.setattr(devices, "_count", lambda t: cuda_devices if t == "cuda" else 0)
     with torch.random.fork_rng(devices=[]):
         _seed.seed_everything(5)
         drawn = torch.rand(2)
@@ -88,10 +88,8 @@ def test_seeding_skips_accelerator_generators_where_there_are_none(
 ) -> None:
     """torch.manual_seed queues a seed, with the caller's traceback, for each accelerator
     type torch knows: about 1 ms per world test on a machine that has none."""
-    assert _seeded_accelerators(monkeypatch, None) == []
+    assert _seeded_accelerators(monkeypatch, 0) == []
 
 
 def test_seeding_seeds_an_accelerator_that_is_present(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    assert _seeded_accelerators(monkeypatch, torch.device("cuda")) == [5]
+    assert _seeded_accelerators(monkeypatch, 2) == [5]
