@@ -21,22 +21,24 @@ __all__ = ["fake_world", "register_fake_backend"]
 _FAKE = "fake"
 
 
-_registered_here = False
-
-
 def register_fake_backend() -> None:
-    """Make sure torch knows the ``fake`` backend (it is registered on first import of
-    ``torch.testing._internal.distributed.fake_pg``; older torch needs that import, and
-    where that module is missing the backend is registered here, once: torch 2.6
-    refuses a second registration)."""
-    global _registered_here
+    """Make sure torch knows the ``fake`` backend.
+
+    torch registers it on the first import of
+    ``torch.testing._internal.distributed.fake_pg``. Where that module is missing it
+    is registered here. Both happen only while torch does not know the backend yet:
+    torch 2.6 refuses a second registration, and the module runs again whenever
+    something dropped it from ``sys.modules`` (an in-process ``pytester`` run does).
+    """
     import torch.distributed as dist
 
+    # Backend.FAKE is a constant in newer torch; what counts is a creator for it.
+    plugins = getattr(dist.Backend, "_plugins", None)
+    if isinstance(plugins, dict) and _FAKE.upper() in plugins:
+        return
     try:
         import torch.testing._internal.distributed.fake_pg  # noqa: F401
     except ImportError:  # pragma: no cover - a torch without the testing module
-        if _registered_here:
-            return
         from torch._C._distributed_c10d import FakeProcessGroup
 
         # The stubs lag behind: _create_internal takes the backend options too.
@@ -53,7 +55,6 @@ def register_fake_backend() -> None:
         dist.Backend.register_backend(
             _FAKE, create, extended_api=True, devices=["cpu", "cuda", "hpu", "xpu"]
         )
-        _registered_here = True
 
 
 @contextmanager

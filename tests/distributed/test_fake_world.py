@@ -117,3 +117,26 @@ def test_fake_backend_without_torchs_testing_module() -> None:
         [sys.executable, "-c", WITHOUT_TESTING_MODULE], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+MODULE_DROPPED = """
+import sys
+
+import torch
+import torch.distributed as dist
+
+from pytest_composable.distributed._fake import fake_world
+
+for _ in range(2):
+    with fake_world(2, 0, torch.device("cpu"), 0):
+        dist.all_reduce(torch.ones(1))
+    # What an in-process pytester run does with the modules its run imported: torch's
+    # fake_pg module runs again on the next import, and torch 2.6 refused the
+    # registration it tries a second time.
+    sys.modules.pop("torch.testing._internal.distributed.fake_pg", None)
+"""
+
+
+def test_fake_world_after_torchs_fake_pg_module_was_dropped() -> None:
+    result = subprocess.run([sys.executable, "-c", MODULE_DROPPED], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
