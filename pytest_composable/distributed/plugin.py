@@ -53,7 +53,11 @@ _REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
 _SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
 _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
 _WORKERS_COLD = pytest.StashKey[dict[str, str]]()  # xdist controller: worker id -> why cold
-_COLD_OUTPUT = "composable_cold_reason"  # the key in a pytest-xdist worker's workeroutput
+# Keys in a pytest-xdist worker's workeroutput, and what the controller keeps of them.
+_COLD_OUTPUT = "composable_cold_reason"
+_PROBLEMS_OUTPUT = "composable_rank_problems"
+_WORKER_PROBLEMS = pytest.StashKey[list[str]]()
+_PROBLEMS = pytest.StashKey[list[str]]()  # what this session reports of its ranks at the end
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -114,35 +118,53 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    launcher = session.config.stash.get(_LAUNCHER, None)
-    if launcher is None:
-        return
-    _hand_cold_reason_to_controller(session.config, launcher.cold_reason)
-    problems = launcher.close()
-    if problems:
+    config = session.config
+    launcher = config.stash.get(_LAUNCHER, None)
+    problems: list[str] = []
+    if launcher is not None:
+        _hand_to_controller(config, _COLD_OUTPUT, launcher.cold_reason)
+        problems = launcher.close()
+    from_workers: list[str] = config.stash.get(_WORKER_PROBLEMS, [])
+    problems += from_workers
+    if problems and not _hand_to_controller(config, _PROBLEMS_OUTPUT, problems):
         _report_problems(session, problems)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
-    """pytest-xdist's controller: keep why a worker's ranks started cold."""
-    reason = getattr(node, "workeroutput", {}).get(_COLD_OUTPUT)
+    """pytest-xdist's controller: keep what a worker's ranks reported after their last
+    test, and why they started cold, for this session's report."""
+    output = getattr(node, "workeroutput", None) or {}
+    worker = str(getattr(node, "workerinput", {}).get("workerid", "a worker"))
+    reason = output.get(_COLD_OUTPUT)
     if isinstance(reason, str):
-        worker = str(getattr(node, "workerinput", {}).get("workerid", "a worker"))
         node.config.stash.setdefault(_WORKERS_COLD, {})[worker] = reason
+    problems = output.get(_PROBLEMS_OUTPUT)
+    if isinstance(problems, list):
+        found = node.config.stash.setdefault(_WORKER_PROBLEMS, [])
+        found += [f"[{worker}] {problem}" for problem in problems]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for line in _cold_start_lines(terminalreporter.config):
+    config = terminalreporter.config
+    problems = config.stash.get(_PROBLEMS, [])
+    if problems:
+        terminalreporter.write_sep("!", "composable: errors on the ranks after their last test")
+        for problem in problems:
+            terminalreporter.write_line(problem)
+    for line in _cold_start_lines(config):
         terminalreporter.write_line(line)
 
 
-def _hand_cold_reason_to_controller(config: pytest.Config, reason: str | None) -> None:
-    """On a pytest-xdist worker, whose own summary nobody sees: the reason travels to the
-    controller with the worker's output (``pytest_testnodedown``)."""
+def _hand_to_controller(config: pytest.Config, key: str, value: object) -> bool:
+    """On a pytest-xdist worker, whose own report nobody sees: ``value`` travels to the
+    controller with the worker's output (``pytest_testnodedown``). False elsewhere, or
+    for ``None``."""
     workeroutput = getattr(config, "workeroutput", None)
-    if reason is not None and isinstance(workeroutput, dict):
-        workeroutput[_COLD_OUTPUT] = reason
+    if value is None or not isinstance(workeroutput, dict):
+        return False
+    workeroutput[key] = value
+    return True
 
 
 def _cold_start_lines(config: pytest.Config) -> list[str]:
@@ -161,13 +183,9 @@ def _cold_start_lines(config: pytest.Config) -> list[str]:
 
 
 def _report_problems(session: pytest.Session, problems: list[str]) -> None:
-    """Errors the ranks hit after their last test (ending session fixtures): shown, and the
-    session fails."""
-    terminal = session.config.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        terminal.write_sep("!", "composable: errors on the ranks after their last test")
-        for problem in problems:
-            terminal.write_line(problem)
+    """Errors the ranks hit after their last test (ending session fixtures): the session
+    fails, and the terminal summary shows them."""
+    session.config.stash[_PROBLEMS] = problems
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

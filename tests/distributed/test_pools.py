@@ -110,6 +110,74 @@ def test_module_fixture_errors_are_reported_under_xdist(pytester: pytest.Pyteste
     assert "RuntimeError: module teardown failed on rank 1" in output_of(result)
 
 
+SESSION_FIXTURE = """
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.fixture(scope="session")
+def broken_at_end():
+    yield
+    raise RuntimeError("session teardown failed on the rank")
+
+
+@pytest.mark.composable(world_size=2)
+def test_first(composable_world, broken_at_end):
+    dist.barrier()
+
+
+def test_plain_fails():
+    assert False
+
+
+@pytest.mark.composable(world_size=2)
+def test_never_reached(composable_world):
+    dist.barrier()
+
+
+@pytest.mark.composable(world_size=1)
+def test_last(composable_world):
+    dist.barrier()
+"""
+
+PROBLEMS = "*composable: errors on the ranks after their last test*"
+
+
+def test_errors_when_a_pool_closes_at_the_end_are_reported(pytester: pytest.Pytester) -> None:
+    """-x stops the session before the pool's last test: the pool closes at the session's
+    end, and what its ranks' session fixtures raised then is in the report."""
+    pytester.makepyfile(test_session=SESSION_FIXTURE)
+    result = pytester.runpytest_subprocess("-x", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [PROBLEMS, "composable: rank * tearing down fixtures failed*", "*RuntimeError: session*"]
+    )
+
+
+def test_errors_when_a_workers_pool_closes_at_the_end_fail_the_session(
+    pytester: pytest.Pytester,
+) -> None:
+    """Under pytest-xdist a pool that is idle at the worker's last test closes at the
+    worker's end, whose report nobody sees: its errors reach the controller, which shows
+    them and fails, instead of a green run."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_session=SESSION_FIXTURE)
+    result = pytester.runpytest_subprocess(
+        "-p", "xdist", "-n", "1", "-p", "no:cacheprovider", "-k", "first or last"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            PROBLEMS,
+            "[[]gw0[]] composable: rank * tearing down fixtures failed*",
+            "*RuntimeError: session*",
+        ]
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
 FILES = """
 import logging
 
