@@ -64,9 +64,10 @@ def unsafe_reason() -> str | None:
                 if initialized is not None and initialized():
                     return f"torch.{name} is already initialised in the main process"
         note_threads()
-        if _tasks_after_torch is not None and _tasks() > _tasks_after_torch:
+        started = 0 if _tasks_after_torch is None else _tasks() - _tasks_after_torch
+        if started > 0:
             return (
-                f"the main process started {_tasks() - _tasks_after_torch} native thread(s) "
+                f"the main process started {started} native thread(s) "
                 "after importing torch (an OpenMP pool? a forked child's would hang)"
             )
     monitoring = getattr(sys, "monitoring", None)  # Python 3.12+
