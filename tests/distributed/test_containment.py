@@ -234,7 +234,11 @@ import time
 from pathlib import Path
 
 if "PYTEST_COMPOSABLE_RANK_WORKER" in os.environ:
-    Path(os.environ["PIDS"], os.environ["RANK"]).write_text(str(os.getpid()))
+    # Written beside the folder, then moved in: the test never reads a half-written file.
+    pids = Path(os.environ["PIDS"])
+    partial = pids.parent / f"pid-{os.environ['RANK']}.partial"
+    partial.write_text(str(os.getpid()))
+    partial.replace(pids / os.environ["RANK"])
     time.sleep(600)  # the pool is still starting when Ctrl-C comes
 """
 
@@ -247,7 +251,10 @@ from pathlib import Path
 import pytest
 
 code = pytest.main(["-p", "no:cacheprovider", "-q"])
-Path(os.environ["DONE"]).write_text(str(int(code)))
+done = Path(os.environ["DONE"])
+partial = done.with_name("done.partial")  # moved into place: never read half-written
+partial.write_text(str(int(code)))
+partial.replace(done)
 time.sleep(600)  # a long-lived process: what pytest.main left must already be gone
 """
 
