@@ -17,6 +17,9 @@ __all__ = [
     "SEED_LIMIT",
     "DeviceSelection",
     "add_options",
+    "ascii_digits",
+    "decimal_value",
+    "digits_value",
     "parse_seed",
     "read_seed",
     "read_selection",
@@ -127,14 +130,58 @@ def read_selection(config: pytest.Config) -> DeviceSelection:
     return DeviceSelection((), "default")
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether ``text`` is one or more of the digits 0-9 and nothing else.
+
+    The one test of "written in digits" for every number a user writes: the seed, a
+    world size, a device index, a deadline. ``int()`` and ``float()`` also take signs,
+    ``_``, surrounding spaces and the decimal digits of other scripts (``'\u0663'``
+    reads as 3), and ``str.isdigit`` alone takes those digits and superscripts.
+    """
+    return text.isascii() and text.isdigit()
+
+
+def digits_value(digits: str, limit: int) -> int | None:
+    """The value of ``digits`` (text :func:`ascii_digits` accepts) where it is at most
+    ``limit``; ``None`` above it.
+
+    A number longer than ``limit`` is never converted: ``int()`` refuses text of more
+    than 4,300 digits, with a ``ValueError`` of its own.
+    """
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > len(str(limit)):
+        return None
+    value = int(significant)
+    return value if value <= limit else None
+
+
+def decimal_value(text: str) -> float | None:
+    """The value of a decimal number written in the digits 0-9: ``120``, ``0.5``, ``.5``,
+    ``5.``, ``1e3``, ``2.5E-1``; ``None`` for anything else.
+
+    ``float()`` alone would also take signs, ``_``, ``inf``, ``nan`` and the digits of
+    other scripts; a number too large for a float is ``inf`` here, for the caller's
+    range check to refuse.
+    """
+    number, marked, exponent = text.replace("E", "e").partition("e")
+    whole, _, fraction = number.partition(".")
+    if exponent[:1] in ("+", "-"):
+        exponent = exponent[1:]
+    parts = [part for part in (whole, fraction) if part]
+    if not parts or not all(ascii_digits(part) for part in parts):
+        return None
+    if marked and not ascii_digits(exponent):
+        return None
+    return float(text)
+
+
 def parse_seed(text: str) -> int:
     """A seed written in the digits 0-9, below 2**64; ``ValueError`` saying why otherwise."""
     digits = text.strip()
-    # int() would also take "-1", "1_000", " +7" and digits of other scripts.
-    if not digits or not digits.isascii() or not digits.isdigit():
+    if not ascii_digits(digits):
         raise ValueError("is not an integer from 0 to 2**64 - 1")
-    seed = int(digits)
-    if seed >= SEED_LIMIT:
+    seed = digits_value(digits, SEED_LIMIT - 1)
+    if seed is None:
         raise ValueError("is out of range: a seed is an integer from 0 to 2**64 - 1")
     return seed
 

@@ -19,8 +19,9 @@ and for other accelerator types, the worker index modulo the number of
 visible devices of that type), ``cuda:1`` (that
 exact device) or ``all`` (every discovered device). An index is written in the
 ASCII digits ``0-9``, without leading zeros, and must name a device the list
-of available devices holds: it is compared as a Python integer and never
-passed to ``torch.device``, which would wrap ``cuda:256`` round to ``cuda:0``.
+of available devices holds: it is compared as text with each device's index and
+never converted, neither by ``torch.device``, which would wrap ``cuda:256`` round
+to ``cuda:0``, nor by ``int()``, which refuses more than 4,300 digits.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._options import ascii_digits
 from ._text import quote
 
 __all__ = [
@@ -193,7 +195,8 @@ def _cuda_ready() -> bool:
 
 
 def _int(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() else None
+    # A worker count, from pytest-xdist: a few digits; more cannot be a count of workers.
+    return int(text) if ascii_digits(text) and len(text) <= 6 else None
 
 
 class Selected(NamedTuple):
@@ -299,16 +302,16 @@ def _parse(spec: str, available: Sequence[torch.device]) -> tuple[str, torch.dev
         raise MissingDeviceError(spec, f" is not available on this machine; {has}")
     if index is None:
         return device_type, None
-    if not index.isascii():
+    if not ascii_digits(index):
         raise MissingDeviceError(
             spec,
             f" is not available on this machine (a device index is written in the digits "
             f"0-9); {has}",
         )
-    # Compared as a Python int, never passed to torch.device: its index is 8 bits
-    # wide, so cuda:256 would become cuda:0 and a longer number would overflow.
-    wanted = int(index)
+    # Compared as text, never converted: torch.device's index is 8 bits wide (cuda:256
+    # would become cuda:0, a longer number overflows), and int() refuses more than 4,300
+    # digits. The pattern admits no leading zero, so equal text is equal numbers.
     for device in available:
-        if device.type == device_type and device.index == wanted:
+        if device.type == device_type and str(device.index) == index:
             return device_type, device
     raise MissingDeviceError(spec, f" is not available on this machine; {has}")

@@ -6,7 +6,10 @@ Keywords, each optional:
   the test runs on the intersection of these and the session's selection.
 * ``models=[...]``: model names; ``composable_model`` runs over these only.
 * ``world_size=N`` or ``[N, ...]``, ``rank=R``, ``timeout=S``, ``backend="gloo"``:
-  the distributed world a test asks for.
+  the distributed world a test asks for. Sizes are 1 to ``MAX_WORLD_SIZE``, a rank is
+  below every size the marker gives, a timeout is a number of seconds above 0 and at
+  most ``MAX_TIMEOUT`` (one week), a backend one torch knows. These are checked on
+  every test with the marker, whether or not it uses a world fixture.
 
 A marker may sit on a test, a class or a module. For each keyword the closest
 marker that sets it wins (test over class over module), so a test can widen or
@@ -15,13 +18,15 @@ narrow what its module chose.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import pytest
 
-__all__ = ["MARKER", "MARKER_HELP", "MarkerError", "MarkerOptions", "read_marker"]
+from ._text import shorten
+from .distributed._constants import MAX_TIMEOUT, MAX_WORLD_SIZE, TIMEOUT_RANGE
+
+__all__ = ["MARKER", "MARKER_HELP", "MarkerError", "MarkerOptions", "read_marker", "shown"]
 
 MARKER = "composable"
 MARKER_HELP = (
@@ -50,20 +55,64 @@ class MarkerOptions(NamedTuple):
 _KEYWORDS = MarkerOptions._fields
 
 
+def shown(value: Any) -> str:
+    """``repr(value)`` cut as the options' messages cut a value, so that a 4,000-digit
+    number keeps a collection error readable; never an exception of its own."""
+    try:
+        text = repr(value)
+    except Exception:
+        # int's repr refuses more than 4,300 digits (ValueError), and a user's own
+        # __repr__ may raise anything: the message must still come out.
+        return f"<{type(value).__name__} that repr() cannot show>"
+    return shorten(text)
+
+
 def _strings(key: str, value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, Iterable) or not all(isinstance(v, str) for v in items):
-        raise MarkerError(f"composable({key}=...) takes a list of strings, got {value!r}")
+        raise MarkerError(f"composable({key}=...) takes a list of strings, got {shown(value)}")
     result = tuple(items)
     if not result:
         raise MarkerError(f"composable({key}=...) is empty")
     return result
 
 
-def _int(key: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise MarkerError(f"composable({key}=...) takes an integer >= {minimum}, got {value!r}")
+def _int(key: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        wanted = f"an integer >= {minimum}"
+        if maximum is not None:
+            wanted = f"integers from {minimum} to {maximum}"
+        raise MarkerError(f"composable({key}=...) takes {wanted}, got {shown(value)}")
     return value
+
+
+def _backend(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MarkerError(f"composable(backend=...) takes a backend name, got {shown(value)}")
+    # Imports torch.distributed, only for a marker that names a backend.
+    from .distributed._options import parse_backend
+
+    try:
+        return parse_backend(value)
+    except ValueError as error:
+        raise MarkerError(f"composable(backend=...): {error}") from None
+
+
+def _timeout(value: Any) -> float:
+    # No math.isfinite(): it converts to float, which a 400-digit int overflows. The
+    # chained comparison refuses nan and inf as well.
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (0 < value <= MAX_TIMEOUT)
+    ):
+        raise MarkerError(f"composable(timeout=...) takes {TIMEOUT_RANGE}, got {shown(value)}")
+    return float(value)
 
 
 def _convert(key: str, value: Any) -> Any:
@@ -73,23 +122,12 @@ def _convert(key: str, value: Any) -> Any:
         sizes = value if isinstance(value, (list, tuple)) else [value]
         if not sizes:
             raise MarkerError("composable(world_size=...) is empty")
-        return tuple(_int(key, v, 1) for v in sizes)
+        return tuple(_int(key, v, 1, MAX_WORLD_SIZE) for v in sizes)
     if key == "rank":
         return _int(key, value, 0)
     if key == "backend":
-        if not isinstance(value, str) or not value.strip():
-            raise MarkerError(f"composable(backend=...) takes a backend name, got {value!r}")
-        return value.strip()
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise MarkerError(
-            f"composable(timeout=...) takes a finite number of seconds > 0, got {value!r}"
-        )
-    return float(value)
+        return _backend(value)
+    return _timeout(value)
 
 
 def read_marker(node: pytest.Item | pytest.Collector | Any) -> MarkerOptions:
@@ -97,14 +135,16 @@ def read_marker(node: pytest.Item | pytest.Collector | Any) -> MarkerOptions:
 
     ``node`` is anything with ``iter_markers`` (an item, a collector, or
     ``metafunc.definition``). Raises :class:`MarkerError` for positional
-    arguments, unknown keywords and values of the wrong type.
+    arguments, unknown keywords, values of the wrong type or out of range, and a
+    ``rank`` not below every ``world_size`` of the markers (a rank against the
+    session's default world size is checked by the caller, which has the config).
     """
     found: dict[str, Any] = {}
     for mark in node.iter_markers(MARKER):
         if mark.args:
             raise MarkerError(
                 f"composable marker takes keywords only ({', '.join(_KEYWORDS)}), "
-                f"got positional {mark.args!r}"
+                f"got positional {shown(mark.args)}"
             )
         unknown = sorted(set(mark.kwargs) - set(_KEYWORDS))
         if unknown:
@@ -115,4 +155,11 @@ def read_marker(node: pytest.Item | pytest.Collector | Any) -> MarkerOptions:
         for key, value in mark.kwargs.items():
             if key not in found:
                 found[key] = _convert(key, value)
-    return MarkerOptions(**found)
+    options = MarkerOptions(**found)
+    if options.rank is not None and options.world_size is not None:
+        smallest = min(options.world_size)
+        if options.rank >= smallest:
+            raise MarkerError(
+                f"composable(rank={shown(options.rank)}) is not below world size {smallest}"
+            )
+    return options

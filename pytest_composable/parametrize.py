@@ -4,6 +4,13 @@ Only fixtures the plugin itself defines are parametrized: a test that
 parametrizes ``composable_device`` or ``composable_model_spec`` directly, or
 sees a conftest's override of those fixtures, is left alone (the anyio
 pattern), so users keep full control.
+
+``composable_input`` is the input of the test's model. In a test that uses
+``composable_model`` (or ``composable_model_spec`` itself) that is the model of
+each run, so the test runs over every model. In a test that names one built-in
+model fixture (``composite_model``...) and not ``composable_model``, it is that
+model's input, and the test is not run over the other models (its ids are the
+model fixture's, ``test_x[cpu]``). ``composable_input`` alone runs over every model.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ._text import shorten
 from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
+from .distributed._policy import sizes_of
 from .marker import MarkerError, MarkerOptions, read_marker
 from .state import ComposableState
 
@@ -23,10 +32,44 @@ if TYPE_CHECKING:
     from .devices import Selected
     from .spec import ModelSpec
 
-__all__ = ["DEVICE_FIXTURE", "MODEL_SPEC_FIXTURE", "parametrize"]
+__all__ = [
+    "BUILTIN_MODEL_FIXTURES",
+    "DEVICE_FIXTURE",
+    "INPUT_FIXTURE",
+    "MODEL_FIXTURE",
+    "MODEL_SPEC_FIXTURE",
+    "input_model",
+    "parametrize",
+]
 
 DEVICE_FIXTURE = "composable_device"
 MODEL_SPEC_FIXTURE = "composable_model_spec"
+MODEL_FIXTURE = "composable_model"
+INPUT_FIXTURE = "composable_input"
+BUILTIN_MODEL_FIXTURES = (
+    "unit_module",
+    "composite_model",
+    "unit_param_module",
+    "composite_param_model",
+    "nested_sequential_model",
+)
+"""The fixtures of the built-in models, each named as its model (``registry.BUILTIN_MODELS``)."""
+
+
+class InputError(ValueError):
+    """``composable_input`` in a test whose models disagree on what it should be."""
+
+
+def input_model(fixturenames: Sequence[str]) -> str | None:
+    """The built-in model whose input ``composable_input`` gives, where the test's fixtures
+    (``fixturenames``, the whole closure) decide it: the one built-in model fixture, in
+    a test that uses no ``composable_model``. ``None`` where ``composable_model_spec``
+    decides (``composable_model``, no model fixture, or more than one).
+    """
+    if MODEL_FIXTURE in fixturenames:
+        return None
+    named = [name for name in BUILTIN_MODEL_FIXTURES if name in fixturenames]
+    return named[0] if len(named) == 1 else None
 
 
 def _directly_parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
@@ -60,8 +103,10 @@ def parametrize(
     wants_models = _ours(metafunc, MODEL_SPEC_FIXTURE, model_spec_fixture)
     wants_devices = _ours(metafunc, DEVICE_FIXTURE, device_fixture)
     try:
+        if wants_models and _input_follows_model_fixture(metafunc):
+            wants_models = False
         _apply(metafunc, state, wants_models, wants_devices)
-    except (MarkerError, pytest.UsageError) as error:
+    except (MarkerError, InputError, pytest.UsageError) as error:
         message = f"{metafunc.definition.nodeid}: {error}"
     else:
         return
@@ -69,10 +114,53 @@ def parametrize(
     pytest.fail(message, pytrace=False)
 
 
+def _input_follows_model_fixture(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test's ``composable_model_spec`` is there only for ``composable_input``,
+    which then gives the input of the test's one built-in model fixture: the test is not
+    run over the models. :class:`InputError` for two or more model fixtures, whose
+    inputs ``composable_input`` cannot all be, in a test without ``composable_model``.
+    """
+    names = metafunc.fixturenames
+    if INPUT_FIXTURE not in names or MODEL_FIXTURE in names:
+        return False
+    if _spec_wanted_beside_input(metafunc):
+        return False
+    named = [name for name in BUILTIN_MODEL_FIXTURES if name in names]
+    if len(named) > 1:
+        raise InputError(
+            f"{INPUT_FIXTURE} is the input of one model, and this test uses "
+            f"{', '.join(named)}; use {MODEL_FIXTURE} (every model in turn) or build "
+            "each model's input"
+        )
+    return input_model(names) is not None
+
+
+def _spec_wanted_beside_input(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test itself, or a fixture other than ``composable_input``, asks for
+    ``composable_model_spec``: then it decides, and the test runs over the models."""
+    if MODEL_SPEC_FIXTURE in _own_argnames(metafunc):
+        return True
+    for name in metafunc.fixturenames:
+        defs = metafunc._arg2fixturedefs.get(name)
+        if name != INPUT_FIXTURE and defs and MODEL_SPEC_FIXTURE in defs[-1].argnames:
+            return True
+    return False
+
+
+def _own_argnames(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The fixtures the test function names itself (not those its fixtures pull in), as
+    pytest read them from its signature."""
+    return metafunc.definition._fixtureinfo.argnames
+
+
 def _apply(
     metafunc: pytest.Metafunc, state: ComposableState, wants_models: bool, wants_devices: bool
 ) -> None:
     options = read_marker(metafunc.definition)
+    if options.rank is not None or options.world_size is not None:
+        # Checked on every test that has them, not only on world tests: a marker
+        # that could never run is an error wherever it sits.
+        sizes_of(metafunc.definition, metafunc.config)
     if options.models is not None or wants_models or wants_devices:
         # Resolving the registry here turns a bad hook or an unknown marker model
         # into one clean collection error instead of a traceback per test.
@@ -116,7 +204,7 @@ def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[st
     unknown = [m for m in options.models if m not in known]
     if unknown:
         raise MarkerError(
-            f"composable(models=...) names unknown model(s) {', '.join(unknown)}; "
+            f"composable(models=...) names unknown model(s) {shorten(', '.join(unknown))}; "
             f"known models: {', '.join(known)}"
         )
     return list(dict.fromkeys(options.models))
@@ -138,7 +226,8 @@ def _device_params(options: MarkerOptions, state: ComposableState, world: str | 
     for spec in options.devices:
         matcher, missing = _marker_device(spec, state.available)
         if missing:
-            skipped.append(_skip(spec, f"composable: {missing}"))
+            # Cut as the reason is: a 4,000-digit index makes no readable test id.
+            skipped.append(_skip(shorten(spec), f"composable: {missing}"))
         else:
             matchers.append(matcher)
     chosen = [
@@ -169,7 +258,6 @@ def _marker_device(
     this machine lacks (``cuda``, ``cuda:256``, ``cuda:\u0661``) skips, as a
     missing accelerator does.
     """
-    from ._text import shorten
     from .devices import DeviceSpecError, MissingDeviceError, matcher
 
     try:

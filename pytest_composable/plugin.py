@@ -15,7 +15,7 @@ import pytest
 from . import _summary, hookspecs
 from ._options import add_options
 from .marker import MARKER_HELP
-from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, parametrize
+from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, input_model, parametrize
 from .state import STATE_KEY, ComposableState, state_of
 
 if TYPE_CHECKING:
@@ -156,11 +156,15 @@ def composable_input(
     composable_device: torch.device,
     composable_batch_size: int,
 ) -> torch.Tensor:
-    """An input batch for ``composable_model`` on its device, ``composable_batch_size`` rows.
+    """An input batch for the test's model on its device, ``composable_batch_size`` rows.
 
-    ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``
-    (B is 4 unless the test chooses); same value rule as the models (seeded
-    CPU generator, then moved).
+    The test's model is ``composable_model``'s (the test runs over every model), or,
+    in a test that names one built-in model fixture (``composite_model``...) and no
+    ``composable_model``, that fixture's: the test then runs over devices only, as the
+    model fixture does. A test that names ``composable_input`` alone runs over every
+    model. ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``
+    (B is 4 unless the test chooses); same value rule as the models (seeded CPU
+    generator, then moved).
     """
     __tracebackhide__ = True
     from .registry import build_input
@@ -171,8 +175,16 @@ def composable_input(
             f"composable: composable_batch_size must be an integer >= 1, got {batch!r}",
             pytrace=False,
         )
-    seed = state_of(request.config).seed
-    return build_input(composable_model_spec, composable_device, seed, batch)
+    state = state_of(request.config)
+    spec = composable_model_spec
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or MODEL_SPEC_FIXTURE not in callspec.params:
+        # Not run over the models (parametrize.py decided it from the same fixtures):
+        # the model fixture the test names says which input it needs.
+        name = input_model(request.fixturenames)
+        if name is not None:
+            spec = state.models(request.node)[name]
+    return build_input(spec, composable_device, state.seed, batch)
 
 
 def _builtin_fixture(name: str, doc: str) -> Any:

@@ -80,8 +80,23 @@ def test_a_long_value_is_quoted_in_part(pytester: pytest.Pytester) -> None:
         (["--composable-seed=three"], None, "--composable-seed value 'three' is not an integer*"),
         (["--composable-seed=-1"], None, "--composable-seed value '-1' is not an integer*"),
         ([f"--composable-seed={2**64}"], None, f"--composable-seed value '{2**64}' is out of*"),
+        # More digits than int() converts: before, its own "Exceeds the limit" text.
+        (
+            ["--composable-seed=" + "9" * 5000],
+            None,
+            "--composable-seed value '999*... (5000 characters) is out of*",
+        ),
+        (["--composable-seed=\u0663"], None, "--composable-seed value '\u0663' is not an int*"),
     ],
-    ids=["ini-word", "ini-too-big", "cli-word", "cli-negative", "cli-too-big"],
+    ids=[
+        "ini-word",
+        "ini-too-big",
+        "cli-word",
+        "cli-negative",
+        "cli-too-big",
+        "cli-5000-digits",
+        "cli-arabic-indic",
+    ],
 )
 def test_bad_seed_is_a_usage_error(
     pytester: pytest.Pytester, args: list[str], ini: str | None, message: str
@@ -91,3 +106,15 @@ def test_bad_seed_is_a_usage_error(
         pytester.makeini(f"[pytest]\ncomposable_seed = {ini}\n")
     result = run_plain(pytester, *args)
     assert_usage_error(result, f"ERROR: composable: {message}")
+    assert max(len(line) for line in result.errlines) < 400
+
+
+def test_a_5000_digit_world_size_is_out_of_range(pytester: pytest.Pytester) -> None:
+    """Before: the message was int()'s own, "Exceeds the limit (4300 digits) ..."."""
+    result = run_plain(pytester, "--composable-world-size=" + "9" * 5000)
+    assert_usage_error(
+        result,
+        "ERROR: composable: --composable-world-size: world size 999*... (5000 characters) is "
+        "outside 1..1024",
+    )
+    assert max(len(line) for line in result.errlines) < 400

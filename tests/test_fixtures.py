@@ -313,3 +313,108 @@ def test_bad(composable_input):
         ["*composable: composable_batch_size must be an integer >= 1, got 0*"]
     )
     assert_no_plugin_frames(result)
+
+
+def test_input_of_a_model_fixture(pytester: pytest.Pytester) -> None:
+    """``composable_input`` beside one model fixture is that model's input, on its device,
+    and the test runs once per device, not once per model. Before, it ran over all five
+    models, with ids such as ``[unit_module-cpu]`` for a ``CompositeModel``, and the
+    ``nested_sequential_model`` test failed with a shape error on four of them."""
+    per_model = "".join(
+        f"def test_{name}({name}, composable_input, composable_device, composable_seed):\n"
+        f"    check({name}, {name!r}, composable_input, composable_device, composable_seed)\n\n"
+        for name in BUILTIN_NAMES
+    )
+    pytester.makepyfile(
+        test_input=CHECKS
+        + per_model
+        + """
+def check(model, name, batch, device, seed):
+    assert type(model) is getattr(models, CLASSES[name])
+    assert batch.shape == (4, FEATURES[name])
+    assert batch.device == device
+    assert model(batch).shape[0] == 4
+    if device.type == "cpu":
+        torch.manual_seed(seed)
+        assert torch.equal(batch, torch.randn(4, FEATURES[name]))
+
+
+def test_composite(composite_model, composable_input, request):
+    assert request.node.name in ("test_composite[cpu]", "test_composite[meta]")
+    assert composable_input.shape == (4, 100)
+    composite_model(composable_input)
+
+
+def test_nested(nested_sequential_model, composable_input):
+    assert nested_sequential_model(composable_input).shape == (4, 4)
+
+
+@pytest.mark.parametrize("composable_batch_size", [2, 7])
+def test_batch(nested_sequential_model, composable_input, composable_batch_size):
+    assert composable_input.shape == (composable_batch_size, 1)
+
+
+class TestInClass:
+    def test_method(self, unit_param_module, composable_input):
+        assert unit_param_module(composable_input).shape == (4, 100)
+
+
+def test_with_composable_model(composable_model, nested_sequential_model, composable_input,
+                               composable_model_spec):
+    # composable_model decides: the test runs over every model, the input fits each.
+    assert composable_model(composable_input).shape[0] == 4
+
+
+@pytest.fixture
+def spec_name(composable_model_spec):
+    return composable_model_spec.name
+
+
+def test_with_a_fixture_on_the_spec(spec_name, nested_sequential_model, composable_input):
+    # A fixture of the test's own asks for composable_model_spec: it decides, as before.
+    assert composable_input.shape == (4, FEATURES[spec_name])
+
+
+def test_alone(composable_input, request):
+    # composable_input alone still runs over every model.
+    assert request.node.callspec.params["composable_model_spec"] in CLASSES
+"""
+    )
+    result = pytester.runpytest("-v", "-p", "no:randomly")
+    outcomes = verbose_outcomes(result)
+    devices = ("cpu", "meta")
+    expected = [f"test_{name}[{d}]" for d in devices for name in BUILTIN_NAMES]
+    expected += [f"test_composite[{d}]" for d in devices]
+    expected += [f"test_nested[{d}]" for d in devices]
+    expected += [f"test_batch[{d}-{b}]" for d in devices for b in (2, 7)]
+    expected += [f"TestInClass::test_method[{d}]" for d in devices]
+    for test in ("test_with_composable_model", "test_with_a_fixture_on_the_spec", "test_alone"):
+        expected += [f"{test}[{name}-{d}]" for name in BUILTIN_NAMES for d in devices]
+    assert sorted(outcomes) == sorted(f"test_input.py::{test}" for test in expected), (
+        result.stdout.str()
+    )
+    assert set(outcomes.values()) == {"PASSED"}, result.stdout.str()
+
+
+def test_input_beside_two_model_fixtures_is_a_collection_error(pytester: pytest.Pytester) -> None:
+    """Two model fixtures, each with its own input shape, and no ``composable_model``:
+    ``composable_input`` cannot be the input of both. Before, the test silently ran over
+    all five models."""
+    pytester.makepyfile(
+        test_two="""
+def test_two(unit_module, nested_sequential_model, composable_input):
+    pass
+
+def test_innocent():
+    pass
+"""
+    )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*test_two.py::test_two: composable_input is the input of one model, and this test "
+            "uses unit_module, nested_sequential_model; use composable_model*"
+        ]
+    )
+    assert_no_plugin_frames(result)

@@ -183,3 +183,48 @@ def test_model_fixture(unit_module):
     )
     result = pytester.runpytest()
     assert_clear_error(result, "*no_such_model*")
+
+
+def test_long_marker_values_are_cut_in_the_message(pytester: pytest.Pytester) -> None:
+    """A marker's message cuts a value as the options' messages do (about 200 characters),
+    also a number too long for ``repr()`` (more than 4,300 digits). Before, the message ran
+    to thousands of characters, or was a ``ValueError`` traceback from the plugin."""
+    cases = {
+        "devices": ("composable(devices=[10**4000])", "composable_device", "*got [[]1000*"),
+        "huge_devices": (
+            "composable(devices=[10**5000])",
+            "composable_device",
+            "*composable(devices=...) takes a list of strings, got <list that repr() cannot*",
+        ),
+        "positional": ("composable(10**4000)", "composable_device", "*got positional (1000*"),
+        "models": (
+            f'composable(models=["{"m" * 3000}"])',
+            "composable_model",
+            "*names unknown model(s) mmm*... (3000 characters); known models: unit_module*",
+        ),
+        "rank": (
+            "composable(rank=10**5000)",
+            "",
+            "*composable(rank=<int that repr() cannot show>) is not below world size 2*",
+        ),
+        "timeout": (
+            "composable(timeout=10**5000)",
+            "",
+            "*composable(timeout=...) takes a number of seconds above 0 and at most 604800 "
+            "(one week), got <int that repr() cannot show>*",
+        ),
+    }
+    for name, (marker, fixture, _) in cases.items():
+        pytester.makepyfile(
+            **{
+                f"test_{name}": f"import pytest\n\n@pytest.mark.{marker}\n"
+                f"def test_it({fixture}):\n    pass\n"
+            }
+        )
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(errors=len(cases))
+    for name, (_, _, message) in cases.items():
+        result.stdout.fnmatch_lines([f"*ERROR collecting test_{name}.py*", message])
+    assert_no_plugin_frames(result)
+    assert max(len(line) for line in result.outlines) < 600

@@ -7,6 +7,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORLD_SIZE",
     "FAKE_FIXTURE",
+    "MAX_TIMEOUT",
     "MAX_WORLD_SIZE",
     "MIN_START_TIMEOUT",
     "MIN_WARM_START_TIMEOUT",
@@ -14,6 +15,7 @@ __all__ = [
     "START_ENV",
     "START_MODES",
     "TIMEOUT_ENV",
+    "TIMEOUT_RANGE",
     "WORLD_FIXTURE",
     "WORLD_SIZE_ENV",
 ]
@@ -30,11 +32,27 @@ MAX_WORLD_SIZE = 1024
 per rank, and a fake world's mesh holds one entry per rank."""
 
 DEFAULT_TIMEOUT = 120.0
+MAX_TIMEOUT = 604800.0
+"""The longest deadline of a world test, in seconds (one week), from every channel: the
+options, the environment, the ini setting and the marker (pytest-timeout's timer is taken
+as the smaller of it and the plugin's deadline, so it is bounded too).
+
+Every span derived from a deadline must fit where it goes: the process group's timeout
+(a little below the deadline, ``pg_timeout_for``), the rendezvous' (the start-up allowance
+plus a grace of seconds) and the health barrier's become ``datetime.timedelta`` values
+(a C ``int`` of days; 1e300 s overflowed it, 1e14 s passed its 999,999,999 days), then
+deadlines in c10d and gloo, ``now`` plus the timeout in 64-bit nanoseconds (a process
+group timeout of 8.1e9 s wrapped round and hung both ranks of an ``all_reduce``) or in
+``time_t`` (1e10 s overflowed it). A backend may keep its timeout as a C ``int`` of
+milliseconds, 2**31 - 1 ms or about 24.8 days, the tightest of these limits: a week stays
+below it whatever margin is added, and is longer than any test should wait."""
+TIMEOUT_RANGE = f"a number of seconds above 0 and at most {MAX_TIMEOUT:g} (one week)"
+"""How messages and help texts state the accepted deadlines."""
 MIN_START_TIMEOUT = 20.0
-MIN_WARM_START_TIMEOUT = 10.0
-"""The same for ranks forked from the template: their imports are done already."""
 """Starting a pool counts against its first test's deadline, but may take at least this long
 (importing torch and collecting on every rank of a loaded machine)."""
+MIN_WARM_START_TIMEOUT = 10.0
+"""The same for ranks forked from the template: their imports are done already."""
 TIMEOUT_ENV = "PYTEST_COMPOSABLE_TIMEOUT"
 BACKEND_ENV = "PYTEST_COMPOSABLE_BACKEND"
 WORLD_SIZE_ENV = "PYTEST_COMPOSABLE_WORLD_SIZE"

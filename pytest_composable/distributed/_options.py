@@ -11,23 +11,24 @@ collected.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 import pytest
 
-from .._options import GROUP, GROUP_DESCRIPTION
-from .._text import quote
+from .._options import GROUP, GROUP_DESCRIPTION, ascii_digits, decimal_value, digits_value
+from .._text import quote, shorten
 from ._constants import (
     BACKEND_ENV,
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
+    MAX_TIMEOUT,
     MAX_WORLD_SIZE,
     START_ENV,
     START_MODES,
     TIMEOUT_ENV,
+    TIMEOUT_RANGE,
     WORLD_SIZE_ENV,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "SETTINGS_KEY",
     "DistributedSettings",
     "add_options",
+    "known_backends",
     "parse_backend",
     "parse_start",
     "parse_timeout",
@@ -72,7 +74,8 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SECONDS",
         help=(
             "Deadline of each composable_world test (setup, call and teardown on every rank), "
-            "a finite number of seconds > 0. Precedence: composable(timeout=...) > this option "
+            f"{TIMEOUT_RANGE}, in the digits 0-9 (120, 0.5, 1e3). Precedence: "
+            "composable(timeout=...) > this option "
             f"> {TIMEOUT_ENV} > the {_TIMEOUT_INI} ini setting > {DEFAULT_TIMEOUT:g}. A test "
             "past it fails with every rank's Python stack and its ranks are restarted; the "
             "process group's own timeout follows the test's deadline, a little below it."
@@ -85,7 +88,9 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="NAME",
         help=(
             "Process-group backend of composable_world tests: gloo (also with CUDA tensors), "
-            "nccl, or any backend registered with torch. Precedence: composable(backend=...) > "
+            "nccl, or any backend registered with torch by the time pytest configures (one "
+            "torch does not know is a usage error listing those it knows; naming one imports "
+            "torch). Precedence: composable(backend=...) > "
             f"this option > {BACKEND_ENV} > the {_BACKEND_INI} ini setting > the default "
             "for the test's device (gloo on cpu, nccl on cuda, torch's default elsewhere)."
         ),
@@ -134,42 +139,69 @@ def add_options(parser: pytest.Parser) -> None:
         type="string",
         default="",
         help=(
-            f"Deadline of each composable_world test in seconds (default {DEFAULT_TIMEOUT:g}); "
-            f"{TIMEOUT_ENV} and --composable-timeout win."
+            f"Deadline of each composable_world test, {TIMEOUT_RANGE} (default "
+            f"{DEFAULT_TIMEOUT:g}); {TIMEOUT_ENV} and --composable-timeout win."
         ),
     )
 
 
 def parse_world_size(raw: str) -> int:
-    """A world size from text: an integer in [1, MAX_WORLD_SIZE]; ``ValueError`` otherwise."""
+    """A world size from text: an integer in [1, MAX_WORLD_SIZE] written in the digits 0-9;
+    ``ValueError`` otherwise."""
     text = raw.strip()
-    if not (text.isascii() and text.isdigit()):
+    if not ascii_digits(text):
         raise ValueError(f"{quote(raw)} is not a whole number")
-    value = int(text)
-    if not 1 <= value <= MAX_WORLD_SIZE:
-        raise ValueError(f"{value} is outside 1..{MAX_WORLD_SIZE}")
+    value = digits_value(text, MAX_WORLD_SIZE)
+    if value is None or value < 1:
+        raise ValueError(f"{shorten(text)} is outside 1..{MAX_WORLD_SIZE}")
     return value
 
 
 def parse_timeout(raw: str) -> float:
-    """A deadline from text: a finite number of seconds > 0; ``ValueError`` otherwise."""
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise ValueError(f"{quote(raw)} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{quote(raw)} is not a finite number of seconds > 0")
+    """A deadline from text: a decimal number of seconds above 0 and at most
+    :data:`MAX_TIMEOUT`, written in the digits 0-9 (``120``, ``0.5``, ``1e3``);
+    ``ValueError`` otherwise (signs, ``nan``, ``inf``, digits of other scripts)."""
+    value = decimal_value(raw.strip())
+    # Compared so that a NaN could never pass, whatever decimal_value gives.
+    if value is None or not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(f"{quote(raw)} is not {TIMEOUT_RANGE}, written in the digits 0-9")
     return value
 
 
+def known_backends() -> list[str]:
+    """The process-group backends torch knows, in its order: its own and those registered
+    with ``torch.distributed.Backend.register_backend``.
+
+    Imports ``torch.distributed``: called only where a backend is named. Empty where
+    this torch has no distributed support.
+    """
+    import torch.distributed as dist
+
+    # Backend is missing where torch.distributed is not available in this build.
+    names: list[str] = list(getattr(getattr(dist, "Backend", None), "backend_list", []))
+    return [name for name in names if name != "undefined"]
+
+
 def parse_backend(raw: str) -> str:
-    """A backend name (``gloo``, ``nccl``, ``cpu:gloo,cuda:nccl``...); ``ValueError`` for an
-    empty one or one with characters no backend name has. Whether torch knows it is
-    found out when a world starts."""
-    text = raw.strip()
-    if not text or not all(c.isascii() and (c.isalnum() or c in "_-:,") for c in text):
-        raise ValueError(f"{quote(raw)} is not a backend name")
-    return text
+    """A process-group backend torch knows, as torch reads it (lower case): a name
+    (``gloo``, ``nccl``, a registered one) or one per device type
+    (``cpu:gloo,cuda:nccl``); ``ValueError`` listing the backends torch knows otherwise.
+
+    Imports ``torch.distributed``, only because a backend was named.
+    """
+    known = known_backends()
+    parts = [part.strip() for part in raw.strip().split(",")]
+    chosen: list[str] = []
+    for part in parts:
+        device, colon, name = part.rpartition(":")
+        # torch looks a backend name up case-insensitively (Backend("GLOO") is "gloo").
+        name = name.lower() if name.isascii() else name
+        device_ok = not colon or (device.isascii() and device.isidentifier())
+        if name not in known or not device_ok:
+            listed = ", ".join(known) or "none (this torch has no torch.distributed)"
+            raise ValueError(f"{quote(raw)} is not a backend torch knows; known backends: {listed}")
+        chosen.append(f"{device}:{name}" if colon else name)
+    return ",".join(chosen)
 
 
 def parse_start(raw: str) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ..marker import MarkerError, read_marker
-from ._constants import FAKE_FIXTURE, MAX_WORLD_SIZE, WORLD_FIXTURE
+from ..marker import MarkerError, read_marker, shown
+from ._constants import FAKE_FIXTURE, WORLD_FIXTURE
 from ._options import settings_of
 
 __all__ = [
@@ -34,18 +34,16 @@ PoolKey = tuple[int, str, str]
 def sizes_of(node: Any, config: pytest.Config) -> tuple[int, ...]:
     """The world sizes ``node`` asks for: its marker's, else the session's default.
 
-    Raises :class:`MarkerError` for a marker size above the limit or a marker
-    ``rank`` that is not below every size.
+    Raises :class:`MarkerError` for a bad marker (:func:`read_marker` checks its values,
+    sizes above :data:`MAX_WORLD_SIZE` included) and for a marker ``rank`` that is not
+    below every size, the session's default where the marker gives none.
     """
     options = read_marker(node)
     sizes = options.world_size or (settings_of(config).world_size,)
-    too_big = [n for n in sizes if n > MAX_WORLD_SIZE]
-    if too_big:
-        raise MarkerError(
-            f"composable(world_size=...) takes sizes up to {MAX_WORLD_SIZE}, got {too_big[0]}"
-        )
     if options.rank is not None and options.rank >= min(sizes):
-        raise MarkerError(f"composable(rank={options.rank}) is not below world size {min(sizes)}")
+        raise MarkerError(
+            f"composable(rank={shown(options.rank)}) is not below world size {min(sizes)}"
+        )
     return sizes
 
 
@@ -91,5 +89,9 @@ def timeout_of(item: pytest.Item) -> float:
 
 def pg_timeout_for(timeout: float) -> float:
     """The process group's timeout for a test with deadline ``timeout``: a little below it,
-    so a lost collective errors (with its own message) before the deadline kills the ranks."""
+    so a lost collective errors (with its own message) before the deadline kills the ranks.
+
+    Never above ``timeout``: a deadline within ``(0, MAX_TIMEOUT]`` gives a group timeout
+    within the same range, which fits every clock and integer torch and gloo keep it in
+    (see :data:`~._constants.MAX_TIMEOUT`)."""
     return max(timeout - max(1.0, 0.1 * timeout), 0.5 * timeout)

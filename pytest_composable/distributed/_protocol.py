@@ -11,8 +11,8 @@ Everything that crosses the boundary is defined here, as typed values:
   error, never guessed at.
 
 Main -> rank: :class:`Run`, :class:`Check`, :class:`Stop`.
-Rank -> main: :class:`Joining`, :class:`Ready`, :class:`Done`, :class:`Missing`, :class:`Checked`,
-:class:`Crash`.
+Rank -> main: :class:`Joining`, :class:`Ready`, :class:`Failing`, :class:`Done`, :class:`Missing`,
+:class:`Checked`, :class:`Crash`.
 
 With warm start (:mod:`._warm`) the main process also talks to its *template*
 process over one more socket pair: main -> template :class:`Fork` (the rank's
@@ -40,6 +40,7 @@ __all__ = [
     "Crash",
     "Done",
     "Exited",
+    "Failing",
     "Fork",
     "Forked",
     "Joining",
@@ -128,6 +129,20 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class Failing:
+    """A phase of the running test failed on this rank: sent at once, before the rest of
+    the test's protocol, so the main process need not wait for ranks that the failure
+    left waiting in a collective. ``report``: that phase's serialized report.
+    ``consequence``: the error is of the kind another rank's failure causes (a
+    collective's own error: a timeout, an abort, a closed connection), so it is the
+    test's root cause only if no rank failed on its own."""
+
+    rank: int
+    report: dict[str, Any]
+    consequence: bool
+
+
+@dataclass(frozen=True)
 class Done:
     """The serialized reports of one :class:`Run` (none after a :class:`Stop`); ``intact``:
     the default process group is still the one the rank joined (a test may destroy it)."""
@@ -195,9 +210,35 @@ class Exited:
 
 
 Message = (
-    Run | Check | Stop | Joining | Ready | Done | Missing | Checked | Crash | Fork | Forked | Exited
+    Run
+    | Check
+    | Stop
+    | Joining
+    | Ready
+    | Failing
+    | Done
+    | Missing
+    | Checked
+    | Crash
+    | Fork
+    | Forked
+    | Exited
 )
-_MESSAGES = (Run, Check, Stop, Joining, Ready, Done, Missing, Checked, Crash, Fork, Forked, Exited)
+_MESSAGES = (
+    Run,
+    Check,
+    Stop,
+    Joining,
+    Ready,
+    Failing,
+    Done,
+    Missing,
+    Checked,
+    Crash,
+    Fork,
+    Forked,
+    Exited,
+)
 
 
 class ProtocolError(Exception):

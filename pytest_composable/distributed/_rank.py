@@ -21,6 +21,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Generator
+from types import TracebackType
 from typing import IO, Any, NoReturn
 
 import pytest
@@ -33,6 +34,7 @@ from ._protocol import (
     Checked,
     Crash,
     Done,
+    Failing,
     Joining,
     Missing,
     RankSpec,
@@ -42,14 +44,17 @@ from ._protocol import (
 )
 from ._reports import serialize
 from ._seed import seed_everything
+from ._stacks import is_library
 from .world import RankContext, forget_meshes
 
 __all__ = [
+    "FailureNotice",
     "InterruptFails",
     "RankDevices",
     "RankInterrupt",
     "context",
     "install_stack_dump",
+    "is_consequence",
     "serve",
     "set_pg_timeout",
     "watch_parent",
@@ -59,6 +64,7 @@ _PR_SET_PDEATHSIG = 1
 
 _context: RankContext | None = None
 _stack_file: IO[str] | None = None
+_channel: Channel | None = None  # to the main process, while serve() runs
 
 
 class RankInterrupt(Exception):
@@ -212,8 +218,8 @@ def _finish(session: pytest.Session) -> str | None:
 
 def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
     """Join the world, then run what the main process asks for until it says stop."""
-    global _context
-    channel = Channel(socket.socket(fileno=control_fd))
+    global _context, _channel
+    channel = _channel = Channel(socket.socket(fileno=control_fd))
     channel.send(Joining(spec.rank))
     try:
         _context = _join(spec)
@@ -242,6 +248,7 @@ def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
             channel.send(Crash(traceback.format_exc(), "test"))
             _exit(3)
         channel.send(reply)
+    _channel = None
     with contextlib.suppress(Exception):
         _leave()
     _context = None
@@ -311,3 +318,50 @@ def _interrupt_fails() -> Generator[None, None, None]:
         return (yield)
     except KeyboardInterrupt as error:
         raise RankInterrupt("KeyboardInterrupt raised inside the test on this rank") from error
+
+
+def is_consequence(error: BaseException, traceback_: TracebackType | None) -> bool:
+    """Whether ``error`` is of the kind another rank's failure causes, decided from its type
+    and where it was raised: one of torch's distributed errors (``DistError``: a backend,
+    network or store error), or a plain ``RuntimeError`` raised inside
+    ``torch.distributed`` (a collective's timeout, abort or closed connection, which the
+    backend raises as ``RuntimeError``). Anything else (a failed assertion, a
+    ``ValueError``, a misuse of a collective) is the rank's own failure."""
+    import torch.distributed as dist
+
+    distributed_error = getattr(dist, "DistError", None)
+    if distributed_error is not None and isinstance(error, distributed_error):
+        return True
+    if type(error) is not RuntimeError:
+        return False
+    tb = traceback_
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class FailureNotice:
+    """On a plugin-launched rank, a phase that fails is announced to the main process at
+    once (:class:`~._protocol.Failing`), while the test's protocol goes on: the main
+    process then ends the ranks that the failure left waiting, instead of waiting for
+    the test's deadline."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        excinfo = call.excinfo
+        consequence = excinfo is not None and is_consequence(excinfo.value, excinfo.tb)
+        if excinfo is not None and consequence:
+            # What another rank's failure caused is shown with the user's frames only:
+            # the library's (the collective's source and docstring) say nothing of it.
+            own = excinfo.traceback.filter(lambda entry: not is_library(str(entry.path)))
+            if len(own):
+                excinfo.traceback = own
+        report = yield
+        channel = _channel
+        if report.failed and channel is not None and _context is not None:
+            channel.send(Failing(_context.rank, serialize(item.config, report), consequence))
+        return report

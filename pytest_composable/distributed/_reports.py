@@ -115,7 +115,7 @@ def crash_line(
     failed: Sequence[int],
     world_size: int,
 ) -> ReprFileLocation:
-    """The first failing rank's crash line, its first line ending with the rank:
+    """The crash line of ``failed[0]`` (the root cause), its first line ending with the rank:
     ``AssertionError: boom (rank 1 of 2)``, or ``(ranks 0, 1 of 2)`` when more failed
     with the same message, or ``(rank 0 of 2; also failed: 1)`` with another one."""
     first = per_rank[failed[0]]
@@ -127,7 +127,8 @@ def crash_line(
         message = next((line for line in first.longreprtext.splitlines() if line.strip()), "")
     head, newline, rest = message.partition("\n")
     same = all(
-        (c.message if (c := _crash(per_rank[r])) is not None else None) == message
+        (c.message if r in per_rank and (c := _crash(per_rank[r])) is not None else None)
+        == message
         for r in failed[1:]
     )
     if len(failed) == 1:
@@ -145,9 +146,15 @@ def passed(item: pytest.Item, when: str) -> pytest.TestReport:
 
 
 def merge_phase(
-    item: pytest.Item, when: str, per_rank: Mapping[int, pytest.TestReport], world_size: int
+    item: pytest.Item,
+    when: str,
+    per_rank: Mapping[int, pytest.TestReport],
+    world_size: int,
+    order: Sequence[int] = (),
 ) -> pytest.TestReport:
-    """One report for ``when`` out of each rank's report of it."""
+    """One report for ``when`` out of each rank's report of it. The failing ranks of
+    ``order`` (the root cause first) lead the report and give its crash line; the
+    others follow in rank order."""
     outcomes = {rank: report.outcome for rank, report in per_rank.items()}
     first = per_rank[min(per_rank)]
     duration = max(report.duration for report in per_rank.values())
@@ -168,7 +175,10 @@ def merge_phase(
         if hasattr(first, "wasxfail"):
             merged.wasxfail = first.wasxfail
         return merged
-    failed = sorted(r for r, o in outcomes.items() if o == "failed")
+    failed = sorted(
+        (r for r, o in outcomes.items() if o == "failed"),
+        key=lambda r: (order.index(r) if r in order else len(order), r),
+    )
     lines = []
     if failed:
         lines.append(f"composable: {when} failed on rank(s) {_ranks(failed)} of {world_size}")
@@ -202,12 +212,15 @@ def merge_phase(
 
 
 def merge_reports(
-    item: pytest.Item, per_rank: Mapping[int, Sequence[pytest.TestReport]], world_size: int
+    item: pytest.Item,
+    per_rank: Mapping[int, Sequence[pytest.TestReport]],
+    world_size: int,
+    order: Sequence[int] = (),
 ) -> list[pytest.TestReport]:
     """One report per phase that any rank reported, merged with :func:`merge_phase`."""
     merged = []
     for when in PHASES:
         phase = {rank: r for rank, reports in per_rank.items() for r in reports if r.when == when}
         if phase:
-            merged.append(merge_phase(item, when, phase, world_size))
+            merged.append(merge_phase(item, when, phase, world_size, order))
     return merged

@@ -56,6 +56,7 @@ import time
 import traceback
 from dataclasses import replace
 
+from . import _supervise
 from ._constants import RANK_ENV
 from ._protocol import Channel, Exited, Fork, Forked, Message, ProtocolError, RankSpec
 from ._rank import watch_parent
@@ -65,6 +66,7 @@ __all__ = ["Template", "TemplateError", "WarmRank"]
 _REPLY_WAIT = 10.0  # a fork takes milliseconds; this is only so nothing waits forever
 _CLOSE_WAIT = 5.0
 _IDLE_CHECK = 5.0  # how often an idle template checks that the main process is alive
+_SUPERVISOR_WAIT = 3.0  # for the ranks' supervisors to end them as the template ends
 
 
 class TemplateError(Exception):
@@ -257,11 +259,20 @@ def _template(sock: socket.socket, main: int) -> int:
         if pid > 0:
             children[os.pidfd_open(pid)] = pid
         channel.send(Forked(message.spec.rank, pid))
-    for fd, pid in children.items():  # the main process has gone or closed us: no orphans
+    # The main process has gone or closed us: no orphans. Each supervisor ends its rank and
+    # all the rank started (SIGTERM); one that does not in time loses its process group.
+    for pid in children.values():
         with contextlib.suppress(OSError):
-            os.killpg(pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _SUPERVISOR_WAIT
+    for fd, pid in children.items():
         with contextlib.suppress(OSError):
-            os.waitpid(pid, 0)
+            while not os.waitpid(pid, os.WNOHANG)[0]:
+                if time.monotonic() >= deadline:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)  # bounded: SIGKILL cannot be ignored
+                    break
+                time.sleep(0.01)
         os.close(fd)
     return 0
 
@@ -326,19 +337,29 @@ def _undo_pytest_hooks() -> None:
 
 
 def _fork_rank(channel: Channel, fork: Fork, control: int, log: int, inherited: list[int]) -> int:
-    """Fork one rank; its pid in the template (``-1`` if fork failed). ``inherited``: the
-    template's descriptors the rank must not keep (its siblings' pidfds)."""
+    """Fork one rank's supervisor, which forks the rank (see :mod:`._supervise`); the
+    supervisor's pid in the template (``-1`` if fork failed). ``inherited``: the template's
+    descriptors neither may keep (the supervisors' pidfds)."""
+    template = os.getpid()
     try:
         pid = os.fork()
     except OSError:
         return -1
     if pid != 0:
         return pid
-    code = 1  # pragma: no cover - the rank process
+    code = 1  # pragma: no cover - the supervisor, then the rank process
     try:  # pragma: no cover
         for fd in inherited:
             os.close(fd)
-        code = _become_rank(channel, fork, control, log)
+        supervisor = os.getpid()
+        _supervise.prepare(template)
+        rank = _supervise.fork()
+        if rank:
+            channel.close()
+            os.close(control)
+            os.close(log)
+            _supervise.supervise(rank)
+        code = _become_rank(channel, fork, control, log, supervisor)
     except SystemExit as error:  # pragma: no cover
         code = error.code if isinstance(error.code, int) else 1
     except BaseException:  # pragma: no cover
@@ -350,12 +371,14 @@ def _fork_rank(channel: Channel, fork: Fork, control: int, log: int, inherited: 
         os._exit(code)
 
 
-def _become_rank(channel: Channel, fork: Fork, control: int, log: int) -> int:  # pragma: no cover
+def _become_rank(
+    channel: Channel, fork: Fork, control: int, log: int, supervisor: int
+) -> int:  # pragma: no cover
     """In the forked child: become what ``python -m pytest *fork.args`` would be, then run
-    that session (which ends in :func:`~._rank.serve`, by ``os._exit``)."""
+    that session (which ends in :func:`~._rank.serve`, by ``os._exit``). The rank stays in
+    its supervisor's session and process group, as a cold rank does."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    os.setsid()  # its own process group, as a cold rank: killpg and the reaper reach it
-    watch_parent(fork.spec.parent_pid)  # the template: the rank dies with it
+    watch_parent(supervisor)  # the rank dies with its supervisor
     channel.close()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -366,7 +389,7 @@ def _become_rank(channel: Channel, fork: Fork, control: int, log: int) -> int:  
     os.chdir(fork.cwd)
     os.environ.clear()
     os.environ.update(fork.env)
-    os.environ[RANK_ENV] = replace(fork.spec, control_fd=control).to_env()
+    os.environ[RANK_ENV] = replace(fork.spec, control_fd=control, parent_pid=supervisor).to_env()
     import pytest
 
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *fork.args]

@@ -49,7 +49,9 @@ __all__ = ["composable_fake_world", "composable_world"]
 _RANK_SPEC = pytest.StashKey["RankSpec"]()
 _LAUNCHER = pytest.StashKey["Launcher"]()
 _LAUNCHED = pytest.StashKey["LaunchedSession"]()
-_REMAINING = pytest.StashKey["dict[PoolKey, int] | None"]()
+_PLAN = pytest.StashKey["_Plan | None"]()
+# pytest-xdist: what each pool's ranks keep set up for a test of this process (node ids).
+_KEPT = pytest.StashKey["dict[PoolKey, set[str]]"]()
 _SKIP = pytest.StashKey[str]()  # why the plugin skips a world test here
 _TIMER = pytest.StashKey[float]()  # pytest-timeout's timeout, taken over for a world test
 _WORKERS_COLD = pytest.StashKey[dict[str, str]]()  # xdist controller: worker id -> why cold
@@ -80,6 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
         _rank.install_stack_dump(spec.stack_file)
         config.pluginmanager.register(_rank.RankDevices(_world_context), "composable.rank_devices")
         config.pluginmanager.register(_rank.InterruptFails(), "composable.rank_interrupts")
+        config.pluginmanager.register(_rank.FailureNotice(), "composable.rank_failures")
     else:
         from ._launch_env import detect_launch
 
@@ -310,14 +313,14 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
 
         serve(session, spec, spec.control_fd)
         return True
-    remaining = session.config.stash[_REMAINING] = _remaining(session)
+    plan = session.config.stash[_PLAN] = _plan(session)
     if (
         settings_of(session.config).start == "warm"
         and _LAUNCHED not in session.config.stash
         and not session.config.option.collectonly
         and (
-            any(remaining.values())
-            if remaining is not None
+            plan.left > 0
+            if plan is not None
             else any(_runs_on_ranks(item) for item in session.items)
         )
     ):
@@ -328,20 +331,49 @@ def pytest_runtestloop(session: pytest.Session) -> Generator[None, object, objec
     return result
 
 
-def _remaining(session: pytest.Session) -> dict[PoolKey, int] | None:
-    """How many tests each rank pool will run, so a pool closes after its last one.
+class _Plan:
+    """The session's world tests in order, read before the first runs: for each, the next
+    test of its pool (``None`` where the pool closes after it), and how many are left.
 
-    ``None`` under pytest-xdist: a worker is handed its tests one by one, so only
-    pytest's ``nextitem`` (``None`` at the worker's last test) tells the end.
+    Only one pool lives at a time, so a pool closes after each of its tests that another
+    pool's test follows, and its ranks are told so (next test ``None``): they end every
+    fixture then, where one process would end the fixtures that test does not share with
+    the next; the pool starts again (warm: cheaply) when it is needed again. Otherwise
+    the ranks are told the pool's next test, never one they will not run: a rank told
+    another pool's test, or a test of this process, would keep fixtures its own next
+    test does not share, and pytest fails that test's setup for them.
     """
+
+    def __init__(self, items: list[pytest.Item]) -> None:
+        world = [item for item in items if _runs_on_ranks(item)]
+        keys = [pool_key(item) for item in world]
+        self.after: dict[str, str | None] = {}
+        for i, item in enumerate(world):
+            same = i + 1 < len(world) and keys[i + 1] == keys[i]
+            self.after[item.nodeid] = world[i + 1].nodeid if same else None
+        self.left = len(world)
+
+
+def _plan(session: pytest.Session) -> _Plan | None:
+    """``None`` under pytest-xdist: a worker is handed its tests one by one, so only
+    pytest's ``nextitem`` (``None`` at the worker's last test) tells what comes next."""
     if hasattr(session.config, "workerinput"):
         return None
-    counts: dict[PoolKey, int] = {}
-    for item in session.items:
-        if _runs_on_ranks(item):
-            key = pool_key(item)
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+    return _Plan(session.items)
+
+
+def _pool_next(item: pytest.Item, nextitem: pytest.Item | None, key: PoolKey) -> str | None:
+    """The test the ranks of ``item``'s pool run next (``None``: the pool closes after
+    ``item``); under pytest-xdist, as far as ``nextitem`` tells: the test of this process
+    it names, if it is one, until a later test shows whether the pool runs again."""
+    plan = item.config.stash.get(_PLAN, None)
+    if plan is not None and item.nodeid in plan.after:
+        return plan.after[item.nodeid]
+    if nextitem is None:
+        return None
+    if not _runs_on_ranks(nextitem) or pool_key(nextitem) == key:
+        return nextitem.nodeid
+    return None
 
 
 def _seed(config: pytest.Config) -> int:
@@ -369,29 +401,39 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def _run_on_ranks(item: pytest.Item, nextitem: pytest.Item | None) -> list[pytest.TestReport]:
-    """Run ``item`` on its pool; close the pool if it was the pool's last test."""
+    """Run ``item`` on its pool; close the pool unless the pool's next test is known to
+    come before any other pool's (see :class:`_Plan`)."""
     config = item.config
     launcher = _launcher(config)
     key = pool_key(item)
-    remaining = config.stash.get(_REMAINING, None)
-    last = nextitem is None
-    if remaining is not None:
-        remaining[key] = remaining.get(key, 1) - 1
-        last = last or remaining[key] <= 0
+    next_id = _pool_next(item, nextitem, key)
     timeout = timeout_of(item)
     timer = item.stash.get(_TIMER, None)
     if timer is not None:
         timeout = min(timeout, timer)
-    next_id = None if last or nextitem is None else nextitem.nodeid
+    kept = config.stash.setdefault(_KEPT, {})
+    stale = kept.pop(key, None)
+    if stale is not None and not stale <= {node.nodeid for node in item.listchain()}:
+        # pytest-xdist: the ranks kept fixtures for a test of this process that this
+        # test does not share; they end them all (new ranks serve this test).
+        problem = launcher.finish(key)
+        if problem is not None:
+            launcher.problems.append(problem)
     reports = launcher.run_item(item, key, next_id, timeout, pg_timeout_for(timeout))
-    if last:
+    if next_id is None:
         problem = launcher.finish(key)
         if problem is not None:
             from ._reports import failure
 
             reports.append(failure(item, "teardown", problem))
-        if remaining is not None and all(count <= 0 for count in remaining.values()):
-            launcher.retire_template()  # no test needs ranks any more
+    elif nextitem is not None and next_id == nextitem.nodeid and not _runs_on_ranks(nextitem):
+        shared = {node.nodeid for node in nextitem.listchain()}
+        kept[key] = {node.nodeid for node in item.listchain()} & shared
+    plan = config.stash.get(_PLAN, None)
+    if plan is not None:
+        plan.left -= 1
+    if (plan.left <= 0) if plan is not None else nextitem is None:
+        launcher.retire_template()  # no test needs ranks any more
     return reports
 
 
@@ -460,6 +502,15 @@ def composable_world(request: pytest.FixtureRequest, composable_device: torch.de
     from .world import make_world
 
     context = _world_context(request.config)
+    if context is None and WORLD_FIXTURE not in _fixturenames(request.node):
+        # Asked for while the test already runs in this process (getfixturevalue): only
+        # what a test names before it starts can send it to the ranks.
+        pytest.fail(
+            f"composable: {request.node.nodeid} must name composable_world as an argument "
+            "(of the test or of a fixture it uses) to run on the ranks; "
+            'request.getfixturevalue("composable_world") cannot move a running test there',
+            pytrace=False,
+        )
     if context is None:
         pytest.fail(
             "composable: composable_world runs on the ranks the plugin launches; this "

@@ -9,6 +9,7 @@ import pytest_composable.devices  # noqa: F401 - torch, imported once, before in
 from tests.helpers import assert_no_plugin_frames, assert_usage_error, output_of
 
 WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
+RANGE = "a number of seconds above 0 and at most 604800 (one week)"
 
 
 @pytest.mark.parametrize(
@@ -24,13 +25,14 @@ WORLD_TEST = "def test_x(composable_fake_world):\n    pass\n"
         ),
         (["--composable-world-size=1025"], "*world size 1025 is outside 1..1024"),
         (["--composable-world-size=two"], "*world size 'two' is not a whole number"),
-        (["--composable-timeout=0"], "*--composable-timeout: timeout '0' is not a finite number*"),
-        (["--composable-timeout=-1"], "*timeout '-1' is not a finite number of seconds > 0"),
-        (["--composable-timeout=nan"], "*timeout 'nan' is not a finite number of seconds > 0"),
-        (["--composable-timeout=inf"], "*timeout 'inf' is not a finite number of seconds > 0"),
-        (["--composable-timeout=soon"], "*timeout 'soon' is not a number of seconds"),
-        (["--composable-backend="], "*--composable-backend: backend '' is not a backend name"),
-        (["--composable-backend=gl oo"], "*backend 'gl oo' is not a backend name"),
+        (["--composable-timeout=0"], f"*--composable-timeout: timeout '0' is not {RANGE}*"),
+        (["--composable-timeout=-1"], f"*timeout '-1' is not {RANGE}, written in the digits 0-9"),
+        (["--composable-timeout=nan"], f"*timeout 'nan' is not {RANGE}*"),
+        (["--composable-timeout=inf"], f"*timeout 'inf' is not {RANGE}*"),
+        (["--composable-timeout=soon"], f"*timeout 'soon' is not {RANGE}*"),
+        (["--composable-timeout=1e10"], f"*timeout '1e10' is not {RANGE}*"),
+        (["--composable-backend="], "*--composable-backend: backend '' is not a backend torch*"),
+        (["--composable-backend=gl oo"], "*backend 'gl oo' is not a backend torch knows; known*"),
         (
             ["--composable-start=lukewarm"],
             "*--composable-start: start mode 'lukewarm' is not one of warm, cold",
@@ -47,8 +49,8 @@ def test_bad_options(pytester: pytest.Pytester, args: list[str], message: str) -
     [
         ("env-world-size", "*PYTEST_COMPOSABLE_WORLD_SIZE: world size 0 is outside 1..1024"),
         ("ini-world-size", "*composable_world_size ini setting: world size 0 is outside*"),
-        ("env-timeout", "*PYTEST_COMPOSABLE_TIMEOUT: timeout 'nan' is not a finite number*"),
-        ("ini-timeout", "*composable_timeout ini setting: timeout 'inf' is not a finite*"),
+        ("env-timeout", f"*PYTEST_COMPOSABLE_TIMEOUT: timeout 'nan' is not {RANGE}*"),
+        ("ini-timeout", f"*composable_timeout ini setting: timeout 'inf' is not {RANGE}*"),
         ("env-start", "*PYTEST_COMPOSABLE_START: start mode 'hot' is not one of warm, cold"),
         ("ini-start", "*composable_start ini setting: start mode 'tepid' is not one of*"),
     ],
@@ -105,23 +107,32 @@ def test_precedence_cli_env_ini(pytester: pytest.Pytester, monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("marker", "message"),
     [
-        ("world_size=0", "composable(world_size=...) takes an integer >= 1, got 0"),
-        ("world_size=-2", "composable(world_size=...) takes an integer >= 1, got -2"),
+        ("world_size=0", "composable(world_size=...) takes integers from 1 to 1024, got 0"),
+        ("world_size=-2", "composable(world_size=...) takes integers from 1 to 1024, got -2"),
         ("world_size=[]", "composable(world_size=...) is empty"),
-        ("world_size=2000", "composable(world_size=...) takes sizes up to 1024, got 2000"),
-        ("timeout=float('nan')", "composable(timeout=...) takes a finite number*got nan"),
-        ("timeout=float('inf')", "composable(timeout=...) takes a finite number*got inf"),
-        ("timeout=-1", "composable(timeout=...) takes a finite number of seconds > 0, got -1"),
+        ("world_size=2000", "composable(world_size=...) takes integers from 1 to 1024, got 2000"),
+        ("world_size=[1, 1025]", "composable(world_size=...) takes integers from 1 to 1024*1025"),
+        ("timeout=float('nan')", f"composable(timeout=...) takes {RANGE}, got nan"),
+        ("timeout=float('inf')", f"composable(timeout=...) takes {RANGE}, got inf"),
+        ("timeout=-1", f"composable(timeout=...) takes {RANGE}, got -1"),
+        ("timeout=1e300", f"composable(timeout=...) takes {RANGE}, got 1e+300"),
+        ("timeout=10**400", f"composable(timeout=...) takes {RANGE}, got 1000*(401 characters)"),
+        ("backend='glo'", "composable(backend=...): 'glo' is not a backend torch knows; known*"),
         ("world_size=2, rank=2", "composable(rank=2) is not below world size 2"),
         ("world_size=[4, 2], rank=3", "composable(rank=3) is not below world size 2"),
+        ("rank=16", "composable(rank=16) is not below world size 2"),  # the session's
+        ("rank=10**400", "composable(rank=1000*... (401 characters)) is not below world size 2"),
         ("backend=''", "composable(backend=...) takes a backend name, got ''"),
         ("backend=3", "composable(backend=...) takes a backend name, got 3"),
     ],
 )
-@pytest.mark.parametrize("fixture", ["composable_world", "composable_fake_world"])
+@pytest.mark.parametrize("fixture", ["composable_world", "composable_fake_world", ""])
 def test_bad_marker_is_a_collection_error(
     pytester: pytest.Pytester, marker: str, message: str, fixture: str
 ) -> None:
+    """On a world test and on a test that uses no world fixture alike (before, the latter
+    accepted ``world_size=[1, 1025]``, ``rank=16`` and any backend silently); a value
+    thousands of digits long is cut in the message."""
     pytester.makepyfile(
         f"""
         import pytest
@@ -138,3 +149,4 @@ def test_bad_marker_is_a_collection_error(
     assert result.ret == pytest.ExitCode.INTERRUPTED, output_of(result)
     result.stdout.fnmatch_lines([f"*test_bad_marker_is_a_collection_error.py::test_x: {message}"])
     assert_no_plugin_frames(result)
+    assert max(len(line) for line in result.outlines) < 600

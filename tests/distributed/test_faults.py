@@ -75,26 +75,27 @@ def test_hang_and_rank_death_fail_one_test_each(pytester: pytest.Pytester) -> No
     result.stdout.fnmatch_lines(
         [
             "composable: timed out after 4 s; rank(s) 1 did not finish*",
-            "*_ rank 0 (finished) _*",
-            "*_ rank 1 (still running) _*",
+            "*_ rank 1 (still running in test_hang (test_faults.py:13)) _*",
             '*File "*test_faults.py", line 13 in test_hang',
+            "*_ rank 0, failed waiting _*",
         ]
     )
     result.stdout.fnmatch_lines(
         [
-            "composable: rank 1 exited with status 7",
+            "composable: rank 1 exited with status 7 while running the test (rank 1 of 2)",
             "*rank 1 output (tail)*",
             "*last words of rank 1",
         ]
     )
-    result.stdout.fnmatch_lines(["composable: rank 0 was killed by signal SIGKILL"])
+    result.stdout.fnmatch_lines(["composable: rank 0 was killed by signal SIGKILL*"])
     result.stdout.fnmatch_lines(
         [
             "*_ test_escapes_the_test[[]cpu[]] _*",
-            "composable: call failed on rank(s) 0, 1 of 2",
+            "composable: call failed on rank 1 of 2",
             "*_ rank 1 _*",
             "*KeyboardInterrupt*",
             "*RankInterrupt: KeyboardInterrupt raised inside the test on this rank",
+            "*_ rank 0 (waiting in test_escapes_the_test (test_faults.py:37) when rank 1 failed) _*",
         ]
     )
     assert took < 100
@@ -197,7 +198,7 @@ def test_each_test_gets_its_own_process_group_timeout(pytester: pytest.Pytester)
         "test_timeouts.py::test_slow_collective[cpu]": "PASSED",
         "test_timeouts.py::test_lost_collective[cpu]": "FAILED",
     }, result.stdout.str()
-    result.stdout.fnmatch_lines(["composable: timed out after 3 s; rank(s) 1 did not finish*"])
+    result.stdout.fnmatch_lines(["composable: * rank(s) 1 did not finish*"])
 
 
 HEALTH = """
