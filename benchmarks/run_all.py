@@ -7,7 +7,9 @@
 * ``bench_run.py``: running those 1,000 items (target <= 1.05);
 * ``bench_warm.py``: warm rank start: one world test vs one plain torch test
   (<= 1.25), 20 ``fully_shard`` tests vs ``MultiProcContinuousTest`` (<= 0.6),
-  a rank crash's restart (<= 0.5 s), time per trivial world test (<= 3 ms).
+  a rank crash's restart (<= 0.5 s), time per trivial world test (<= 3 ms);
+* ``bench_fail_fast.py``: one rank fails while the other waits in a collective: the
+  time added to the failed report (<= 3 s, at a 120 s deadline).
 
 Exit status 1 if any target is missed.
 
@@ -26,6 +28,7 @@ import sys
 from collections.abc import Callable
 
 import bench_collect
+import bench_fail_fast
 import bench_run
 import bench_torch_free
 import bench_warm
@@ -36,6 +39,7 @@ BENCHMARKS: tuple[tuple[Callable[[int], Result | list[Result]], int], ...] = (
     (bench_collect.measure, bench_collect.DEFAULT_ROUNDS),
     (bench_run.measure, bench_run.DEFAULT_ROUNDS),
     (bench_warm.measure_all, bench_warm.DEFAULT_ROUNDS),
+    (bench_fail_fast.measure, bench_fail_fast.DEFAULT_ROUNDS),
 )
 
 
