@@ -20,6 +20,16 @@ users pass).
 * ``-x``/``--maxfail``: rank 0 decides (it sees the merged reports) and tells
   the others at the next world test (or at the end), so every rank stops
   together.
+* A rank whose test fails tells the others at once, through the launched
+  world's store (:class:`_Watcher`). A rank still inside the test a moment later
+  (waiting in a collective for the rank that failed) ends its wait: gloo's
+  ``abort`` does not end a pending collective (torch 2.6 to 2.13), so the
+  rank shuts the default group's connections down, and a group with an
+  accelerator backend is aborted too. The report's headline is the rank that
+  failed first on its own; the others show where they were waiting. The ranks
+  then make a new default group (and control group) over the same store; if
+  that fails, every later world test fails at once, naming the test that broke
+  the world and its root cause.
 """
 
 from __future__ import annotations
@@ -28,15 +38,21 @@ import contextlib
 import datetime
 import os
 import pickle
+import socket
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
+from _pytest._code.code import ReprExceptionInfo
 
 from ._launch_env import Launch, launch_environment
 from ._policy import pg_timeout_for, timeout_of
 from ._rank import set_pg_timeout
-from ._reports import failure, merge_reports, passed, serialize, unserialize
+from ._reports import crash_line, failure, merge_reports, passed, serialize, unserialize
 from .world import RankContext, backend_for, forget_meshes
 
 __all__ = ["GroupRegistry", "LaunchedSession", "all_gather_bytes"]
@@ -44,6 +60,24 @@ __all__ = ["GroupRegistry", "LaunchedSession", "all_gather_bytes"]
 _CONTROL_TIMEOUT = 3600.0
 """The plugin's own gloo group waits this long: while rank 0 runs the tests without a world,
 the other ranks wait in it for the next world test."""
+
+_POLL = 0.05
+"""How often a rank inside a world test looks in the store for another rank's failure."""
+
+_GRACE_IN_COLLECTIVE = 0.25
+"""After a rank's failure, how long another rank may stay inside a ``torch.distributed``
+call of the test before the plugin ends its wait (a collective among live ranks ends
+sooner; one that needs the failed rank never does)."""
+
+_GRACE = 3.0
+"""After a rank's failure, how long another rank may stay inside the test at all (a
+``work.wait()`` shows no ``torch.distributed`` frame) before the plugin ends its waits."""
+
+_RESTART_TIMEOUT = 60.0
+"""How long the ranks may take to make a new default group after one was shut down."""
+
+_PLUGIN_MODULES = ("torch", "_pytest", "pytest", "pluggy", "pytest_composable")
+"""Modules whose frames are left out of the stack shown for a waiting rank."""
 
 
 def all_gather_bytes(payload: bytes, world_size: int, group: Any) -> list[bytes]:
@@ -62,6 +96,156 @@ def all_gather_bytes(payload: bytes, world_size: int, group: Any) -> list[bytes]
     gathered = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world_size)]
     dist.all_gather(gathered, padded, group=group)
     return [bytes(t[: int(s.item())].tolist()) for t, s in zip(gathered, sizes, strict=True)]
+
+
+def _sockets() -> dict[str, int]:
+    """This process's sockets: ``socket:[inode]`` -> a descriptor of it (Linux; elsewhere
+    none, and a rank waiting for one that failed waits for the group's timeout)."""
+    found: dict[str, int] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        with contextlib.suppress(OSError, ValueError):
+            link = os.readlink(f"/proc/self/fd/{name}")
+            if link.startswith("socket:["):
+                found[link] = int(name)
+    return found
+
+
+def _shut_down(inodes: frozenset[str]) -> int:
+    """Shut down the connected sockets among ``inodes`` (a gloo group's pairs): what waits
+    on them ends with an error, here and on the peers. Listening sockets are left alone
+    (gloo's listener aborts the process if its socket is shut down)."""
+    count = 0
+    for link, fd in _sockets().items():
+        if link not in inodes:
+            continue
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock, contextlib.suppress(OSError):
+            sock.getpeername()  # raises for a listening socket
+            sock.shutdown(socket.SHUT_RDWR)
+            count += 1
+    return count
+
+
+def _in_torch_distributed(frame: Any) -> bool:
+    """Whether a thread's stack, from ``frame`` out, is inside a ``torch.distributed`` call."""
+    while frame is not None:
+        if str(frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _user_frames(frame: Any) -> list[traceback.FrameSummary]:
+    """The stack from ``frame`` out, outermost first: the frames pytest called (the test,
+    its fixtures) and what they called, without torch's frames."""
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    frames.reverse()
+    kept: list[Any] = []
+    for each in frames:
+        module = str(each.f_globals.get("__name__", "")).partition(".")[0]
+        if module in _PLUGIN_MODULES and module != "torch":
+            kept = []  # the runner's frames: the user's start after the last of them
+        elif module != "torch":
+            kept.append(each)
+    return list(traceback.StackSummary.extract((f, f.f_lineno) for f in kept))
+
+
+class _Ended(NamedTuple):
+    """What a rank's watcher did when another rank's failure left it waiting."""
+
+    failed_rank: int  # the rank whose failure was announced first
+    waiting: bool  # inside a torch.distributed call (else still running the test)
+    where: str  # the innermost user frame: ``name (path:line)``
+    stack: str  # the user frames, formatted
+
+
+def _relative(path: str, root: str) -> str:
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(path, root)
+        if not relative.startswith(".."):
+            return relative
+    return path
+
+
+class _Watcher:
+    """A daemon thread that, while this rank runs a world test, watches the store for
+    another rank's failure and, if this rank is still inside the test a moment later,
+    ends its wait by shutting the default group's connections down (and aborting it,
+    for backends that can)."""
+
+    def __init__(self, session: LaunchedSession) -> None:
+        self.session = session
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.closing = False
+        self.key: str | None = None  # the store key of the current test's first failure
+        self.ended: _Ended | None = None
+        self.thread = threading.Thread(target=self._run, name="composable-watcher", daemon=True)
+        self.main = threading.main_thread().ident
+        self.thread.start()
+
+    def arm(self, key: str) -> None:
+        with self.lock:
+            self.key = key
+            self.ended = None
+        self.wake.set()
+
+    def disarm(self) -> _Ended | None:
+        """Stop watching; what this rank's watcher did during the test, if anything."""
+        with self.lock:
+            self.key = None
+            self.wake.clear()
+            return self.ended
+
+    def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        seen: tuple[str, int, float] | None = None  # key, failed rank, when seen
+        while not self.closing:
+            if not self.wake.wait(timeout=1.0):
+                continue
+            time.sleep(_POLL)
+            with self.lock:
+                key = self.key
+                if key is None or self.ended is not None:
+                    seen = None
+                    continue
+                try:
+                    if seen is None or seen[0] != key:
+                        seen = None
+                        store = self.session.store
+                        if store is None or not store.check([key]):
+                            continue
+                        seen = (key, int(store.get(key)), time.monotonic())
+                except Exception:  # the store is gone: nothing to watch any more
+                    continue
+                frame = sys._current_frames().get(self.main or -1)
+                waiting = _in_torch_distributed(frame)
+                waited = time.monotonic() - seen[2]
+                if waited >= (_GRACE_IN_COLLECTIVE if waiting else _GRACE):
+                    self.ended = self._end(seen[1], frame, waiting)
+
+    def _end(self, failed_rank: int, frame: Any, waiting: bool) -> _Ended:
+        frames = _user_frames(frame)
+        root = str(self.session.config.rootpath)
+        for summary in frames:
+            summary.filename = _relative(summary.filename, root)
+        where = f"{frames[-1].name} ({frames[-1].filename}:{frames[-1].lineno})" if frames else "?"
+        self.session.end_waits()
+        return _Ended(failed_rank, waiting, where, "".join(traceback.format_list(frames)))
 
 
 _REGISTRIES = (
@@ -155,6 +339,13 @@ class LaunchedSession:
         self.active = "world"
         self.waiting: dict[str, GroupRegistry] = {}
         self.names_from = 0
+        self.store: Any = None  # the launched world's store (torchrun's, or rank 0's)
+        self.world_sockets: frozenset[str] = frozenset()  # the default group's sockets
+        self.generation = 0  # how many times the default group was made again
+        self.pg_timeout = 0.0
+        self.tests_run = 0  # world tests run so far: every rank counts the same
+        self.watcher: _Watcher | None = None
+        self.test: _Test | None = None  # the world test running now
 
     def silence(self) -> None:
         """Only rank 0 prints; the others' failures reach it with each test."""
@@ -179,22 +370,101 @@ class LaunchedSession:
     def join(self, timeout: float) -> RankContext:
         if self.context is None:
             import torch
-            import torch.distributed as dist
 
             for key, value in launch_environment(self.launch).items():
                 os.environ.setdefault(key, value)
             backends = self.backends(torch.cuda.is_available())
             if "cuda" in backends:
                 torch.cuda.set_device(self.local_rank)
-            spec = ",".join(f"{device}:{backend}" for device, backend in backends.items())
-            dist.init_process_group(spec, timeout=datetime.timedelta(seconds=timeout))
-            self.group = dist.new_group(
-                backend="gloo", timeout=datetime.timedelta(seconds=_CONTROL_TIMEOUT)
-            )
-            self.context = RankContext(
-                self.rank, self.world_size, self.local_rank, backends, group=dist.group.WORLD
-            )
+            # The launcher's store (torchrun's agent store, or a TCPStore rank 0 serves):
+            # kept, so that failures travel through it and the group can be made again.
+            from torch.distributed.rendezvous import rendezvous
+
+            store, _, _ = next(rendezvous("env://", timeout=datetime.timedelta(seconds=timeout)))
+            store.set_timeout(datetime.timedelta(seconds=timeout))
+            self.store = store
+            self.pg_timeout = timeout
+            self._make_world(backends, timeout)
+            self.watcher = _Watcher(self)
+        assert self.context is not None
         return self.context
+
+    def _make_world(self, backends: dict[str, str], timeout: float) -> None:
+        """Make the default group and the plugin's control group (over a prefix of the
+        store of their own), noting the default group's sockets."""
+        import torch.distributed as dist
+        from torch._C._distributed_c10d import PrefixStore
+
+        # One device type, one backend: its plain name. A device spec ("cpu:gloo") leaves
+        # the group without a default backend when another backend is registered (torch's
+        # fake one, which fully_shard's import brings), and torch warns at its destruction.
+        names = set(backends.values())
+        spec = (
+            next(iter(names))
+            if len(backends) == 1
+            else ",".join(f"{device}:{backend}" for device, backend in backends.items())
+        )
+        before = set(_sockets())
+        dist.init_process_group(
+            spec,
+            store=PrefixStore(f"composable/world/{self.generation}", self.store),
+            rank=self.rank,
+            world_size=self.world_size,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+        self.world_sockets = frozenset(set(_sockets()) - before)
+        self.group = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=_CONTROL_TIMEOUT)
+        )
+        self.context = RankContext(
+            self.rank, self.world_size, self.local_rank, backends, group=dist.group.WORLD
+        )
+
+    def end_waits(self) -> None:
+        """(The watcher's thread.) End what this rank waits for in the default group: its
+        connections are shut down (gloo's abort leaves a pending collective waiting), and a
+        backend that can abort is aborted."""
+        _shut_down(self.world_sockets)
+        context = self.context
+        if context is not None and set(context.backends.values()) != {"gloo"}:
+            abort = getattr(context.group, "abort", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort()
+
+    def _remake_world(self) -> str | None:
+        """After a test whose waits were ended: every rank makes the default group and the
+        control group again. ``None`` if every rank managed, else why not."""
+        import torch.distributed as dist
+        from torch.distributed import distributed_c10d as c10d
+
+        assert self.context is not None
+        backends = self.context.backends
+        self.activate("world")
+        error = None
+        try:
+            forget_meshes()
+            self.names_from = max(self.names_from, c10d._world.group_count)
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+            c10d._world.group_count = self.names_from
+            self.generation += 1
+            self._make_world(backends, self.pg_timeout)
+        except Exception as problem:
+            error = f"{type(problem).__name__}: {problem}"
+        # Every rank says whether it managed; the world goes on only if all did.
+        prefix = f"composable/remade/{self.generation}"
+        try:
+            self.store.set(f"{prefix}/{self.rank}", "" if error is None else error)
+            keys = [f"{prefix}/{rank}" for rank in range(self.world_size)]
+            self.store.wait(keys, datetime.timedelta(seconds=_RESTART_TIMEOUT))
+            errors = [self.store.get(key).decode(errors="replace") for key in keys]
+        except Exception as problem:
+            return error or f"{type(problem).__name__}: {problem}"
+        failed = [(rank, e) for rank, e in enumerate(errors) if e]
+        if failed:
+            return "; ".join(f"rank {rank}: {e}" for rank, e in failed)
+        return None
 
     def backends(self, cuda: bool) -> dict[str, str]:
         """The backend of each device type this world serves: the session's backend
@@ -216,15 +486,26 @@ class LaunchedSession:
         """At the end of the session. Rank 0 tells every rank still waiting that the session
         is over; then no rank leaves before the others (torchrun would stop the others as
         soon as one exits with a failure, before rank 0 has printed)."""
+        if self.watcher is not None:
+            self.watcher.close()
+            self.watcher = None
         if self.context is not None:
             import torch.distributed as dist
 
+            self.activate("world")
             with contextlib.suppress(Exception):
-                if not self.stopped:
-                    self._told_to_stop(True)
-                dist.barrier(group=self.group)
+                if self.broken is not None:
+                    # The control group may be gone: meet in the store instead.
+                    keys = [f"composable/left/{rank}" for rank in range(self.world_size)]
+                    self.store.set(keys[self.rank], "1")
+                    self.store.wait(keys, datetime.timedelta(seconds=_CONTROL_TIMEOUT))
+                else:
+                    if not self.stopped:
+                        self._told_to_stop(True)
+                    dist.barrier(group=self.group)
             forget_meshes()
-            dist.destroy_process_group()
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
             self.context = None
 
     def activate(self, name: str) -> None:
@@ -283,16 +564,29 @@ class LaunchedSession:
         self.join(pg_timeout_for(timeout))
         # Each test's collectives wait as long as its own deadline allows (on a torch
         # that can retime a group in place; torch 2.6 keeps the first test's).
-        set_pg_timeout(pg_timeout_for(timeout))
+        self.pg_timeout = pg_timeout_for(timeout)
+        set_pg_timeout(self.pg_timeout)
         if self._told_to_stop(False):
             # Rank 0 stopped the session (-x, --maxfail, an interrupt): so do we, now.
             self.stopped = True
             item.session.shouldstop = "composable: rank 0 stopped the session"
             return True
         seed_everything(seed)
-        mine = [
-            serialize(self.config, r) for r in runtestprotocol(item, log=False, nextitem=nextitem)
-        ]
+        self.tests_run += 1
+        test = self.test = _Test(item, f"composable/test/{self.tests_run}")
+        assert self.watcher is not None
+        self.watcher.arm(test.first_key)
+        try:
+            reports = runtestprotocol(item, log=False, nextitem=nextitem)
+        finally:
+            ended = self.watcher.disarm()
+            self.test = None
+        mine = {
+            "reports": [serialize(self.config, r) for r in reports],
+            "orders": test.orders,
+            "consequences": test.consequences,
+            "ended": ended is not None,
+        }
         try:
             gathered = [
                 pickle.loads(b)
@@ -301,9 +595,54 @@ class LaunchedSession:
         except Exception as error:  # a rank hung or died: the world is lost
             self.broken = f"composable: the launched world broke during {item.nodeid}: {error}"
             gathered = [mine]
-        if self.rank == 0:
-            self._log(item, self._merge(item, gathered))
+        merged = self._merge(item, gathered) if self.rank == 0 else []
+        self._log(item, merged)
+        if self.broken is None and any(data["ended"] for data in gathered):
+            problem = self._remake_world()
+            if problem is not None:
+                self.broken = (
+                    f"composable: the launched world is broken since {item.nodeid}"
+                    f"{_headline(merged)}; its process group could not be made again: {problem}"
+                )
         return True
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """A world test's phase failed on this rank: tell the other ranks at once (the
+        first to fail is the root cause); a failure the plugin caused by ending this rank's
+        wait says where the rank was waiting."""
+        report = yield
+        test = self.test
+        if test is None or test.item is not item or not report.failed or self.store is None:
+            return report
+        import torch.distributed as dist
+
+        ended = self.watcher.ended if self.watcher is not None else None
+        error = call.excinfo.value if call.excinfo is not None else None
+        dist_error = getattr(dist, "DistError", None)
+        consequence = ended is not None or (
+            dist_error is not None and isinstance(error, dist_error)
+        )
+        with contextlib.suppress(Exception):
+            order = int(self.store.add(test.order_key, 1))
+            if order == 1:
+                self.store.set(test.first_key, str(self.rank))
+            test.orders.setdefault(report.when, order)
+        test.consequences[report.when] = test.consequences.get(report.when, True) and consequence
+        if ended is not None:
+            what = "waiting" if ended.waiting else "running"
+            lines = [
+                f"composable: rank {self.rank} was {what} in {ended.where} when rank "
+                f"{ended.failed_rank} failed; the plugin ended its wait (shut the process "
+                "group's connections down)",
+                ended.stack.rstrip("\n"),
+            ]
+            if call.excinfo is not None:
+                lines.append(call.excinfo.exconly())
+            report.longrepr = "\n".join(line for line in lines if line)
+        return report
 
     def _log(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
         """Rank 0 logs the merged reports: its exit status (and so the launcher's) is non-zero
@@ -323,6 +662,56 @@ class LaunchedSession:
                 passed(item, "teardown"),
             ]
         reports = {
-            rank: [unserialize(self.config, d) for d in data] for rank, data in enumerate(gathered)
+            rank: [unserialize(self.config, d) for d in data["reports"]]
+            for rank, data in enumerate(gathered)
         }
-        return merge_reports(item, reports, self.world_size)
+        merged = merge_reports(item, reports, self.world_size)
+        for report in merged:
+            if report.failed:
+                self._root_cause(item, report, reports, gathered)
+        return merged
+
+    def _root_cause(
+        self,
+        item: pytest.Item,
+        merged: pytest.TestReport,
+        reports: dict[int, list[pytest.TestReport]],
+        gathered: list[Any],
+    ) -> None:
+        """The merged report's headline (its crash line: the short summary, ``--tb=line``,
+        JUnit's message) is the rank that failed first on its own, not one whose failure
+        another rank's caused (a wait the plugin ended, a ``DistError``)."""
+        when = merged.when
+        per_rank = {rank: r for rank, rs in reports.items() for r in rs if r.when == when}
+        roots = [
+            rank
+            for rank, report in per_rank.items()
+            if report.failed and not gathered[rank]["consequences"].get(when, False)
+        ]
+        if not roots or not isinstance(merged.longrepr, ReprExceptionInfo):
+            return
+        roots.sort(key=lambda rank: (gathered[rank]["orders"].get(when, sys.maxsize), rank))
+        crashes = {getattr(per_rank[r].longrepr, "reprcrash", None) for r in roots}
+        if len(roots) > 1 and len({getattr(c, "message", None) for c in crashes}) == 1:
+            roots.sort()  # the same error on each: in rank order
+        merged.longrepr.reprcrash = crash_line(item, per_rank, roots, self.world_size)
+
+
+class _Test:
+    """The world test a rank runs now, and what it told the others through the store."""
+
+    def __init__(self, item: pytest.Item, prefix: str) -> None:
+        self.item = item
+        self.order_key = f"{prefix}/failures"  # counts the ranks' failures, in order
+        self.first_key = f"{prefix}/first"  # the rank whose failure came first
+        self.orders: dict[str, int] = {}  # phase -> its failure's place in that count
+        self.consequences: dict[str, bool] = {}  # phase -> failed because of another rank
+
+
+def _headline(merged: list[pytest.TestReport]) -> str:
+    """``, which failed with: <its crash line>`` for the first failed report, else ``""``."""
+    for report in merged:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if report.failed and crash is not None:
+            return f", which failed with: {str(crash.message).partition(chr(10))[0]}"
+    return ""
