@@ -171,13 +171,15 @@ PSS_TEST = """
         model = CompositeModel("cpu")
         fully_shard(model, mesh=init_device_mesh("cpu", (4,)))
         model(torch.randn(4, 100)).sum().backward()
+        # Each rank with its supervisor (its parent), whose child the rank is.
         pids = [None] * 4
-        dist.all_gather_object(pids, os.getpid())
+        dist.all_gather_object(pids, (os.getpid(), os.getppid()))
         if composable_world.rank == 0:
-            template = os.getppid() if os.environ["MODE"] == "warm" else None
-            main = parent(template) if template else os.getppid()
+            supervisor = os.getppid()
+            template = parent(supervisor) if os.environ["MODE"] == "warm" else None
+            main = parent(template) if template else parent(supervisor)
             Path(os.environ["PSS_OUT"]).write_text(json.dumps({
-                "ranks": sum(pss_kib(p) for p in pids),
+                "ranks": sum(pss_kib(rank) + pss_kib(sup) for rank, sup in pids),
                 "template": pss_kib(template) if template else 0,
                 "main": pss_kib(main),
             }))

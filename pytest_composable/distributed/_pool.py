@@ -1,27 +1,31 @@
 """Plain ``pytest``: the main process starts rank processes and keeps them between tests.
 
-One :class:`RankPool` per (world size, device type), started the first time a
-test needs it and closed after the last test that needs it, so no test pays
-for spawning. Each rank is ``python -m pytest`` with the session's own
-arguments in rank mode (see :mod:`._rank`), in its own process group (so a
-terminal's Ctrl-C reaches only the main process, which then ends every rank,
-and so a rank's own child processes end with it).
+One :class:`RankPool` per (world size, device type, backend), started the first
+time a test needs it and kept while its tests follow one another, so no test
+pays for spawning; only one pool lives at a time (the plugin closes a pool
+before another pool's test). Each rank is ``python -m pytest`` with the
+session's own arguments in rank mode (see :mod:`._rank`), under a supervisor
+process of its own (:mod:`._supervise`), in the supervisor's session and
+process group (so a terminal's Ctrl-C reaches only the main process, which then
+ends every rank). The supervisor ends everything the rank started when the rank
+ends, however it ends; what the main process sees as a rank's process (its pid,
+exit status, SIGUSR1 for a stack dump) is its supervisor's.
 
 Nothing is left behind, however the main process ends:
 
-* every rank has ``PR_SET_PDEATHSIG`` (Linux), and a small *reaper* process
-  per pool waits on a pipe from the main process; when that pipe closes
-  because the main process died (SIGKILL included), the reaper kills every
-  rank's process group, grandchildren included, and removes the pool's
-  directory;
+* every supervisor ends its rank when its parent dies (``PR_SET_PDEATHSIG``,
+  Linux), and a small *reaper* process per pool waits on a pipe from the main
+  process; when that pipe closes because the main process died (SIGKILL
+  included), the reaper asks every supervisor to end its rank, kills the
+  process group of any that does not, and removes the pool's directory;
 * each pool directory holds a lock for as long as its session lives; a later
   session removes only directories whose lock is free, so a live session
   (even in another PID namespace sharing ``TMPDIR``) is never swept.
 
-With warm start (the default, :mod:`._warm`) a rank is forked from the
-session's template process instead of spawned; it is the same rank session,
-in its own process group, with the same arguments, environment and files,
-and the template reports its exit status (:class:`~._warm.WarmRank`), so
+With warm start (the default, :mod:`._warm`) a rank's supervisor is forked from
+the session's template process, and the rank from the supervisor, instead of
+spawned; it is the same rank session, with the same arguments, environment and
+files, and the template reports its exit status (:class:`~._warm.WarmRank`), so
 everything below holds for both.
 
 The ranks are started with :class:`subprocess.Popen` rather than torch's

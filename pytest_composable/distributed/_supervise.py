@@ -119,7 +119,11 @@ def descendants(root: int) -> list[int]:
     """The live processes below ``root`` (parent links from ``/proc/*/stat``)."""
     children: dict[int, list[int]] = {}
     live = set()
-    for name in os.listdir("/proc"):
+    try:
+        names = os.listdir("/proc")
+    except OSError:  # no procfs (not Linux): no subreaper either, nothing was adopted
+        return []
+    for name in names:
         if not name.isdigit():
             continue
         try:
@@ -165,7 +169,8 @@ def _exit_as(status: int | None) -> NoReturn:
         # Die of the same signal, without a core file of this process.
         with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        signal.signal(-code, signal.SIG_DFL)
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's cannot be set
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         code = 128 - code  # if that signal does not end a process
     os._exit(code)

@@ -15,17 +15,20 @@ warm rank skips the imports:
   touches an accelerator.
 * for each rank the main process sends a :class:`~._protocol.Fork` with the
   rank's control socket and log file (``SCM_RIGHTS``), the arguments and the
-  environment a cold rank would get. The template forks; the child takes its
-  own process group, dies with the template, points its stdio at the log,
+  environment a cold rank would get. The template forks the rank's supervisor
+  (:mod:`._supervise`: its own session and process group, a child subreaper
+  that ends whatever the rank started), which forks the rank; the rank dies
+  with its supervisor, points its stdio at the log,
   takes that environment, re-seeds its random generators and runs
   ``pytest.main(args)``: a whole rank session, configured exactly as a cold
   one (per-rank ``--basetemp``, cache, log files...), whose conftests and test
   modules are already imported. From there it is an ordinary rank
   (:func:`~._rank.serve`).
-* the ranks are the template's children, not the main process's: the
-  template reaps them (a pidfd per rank) and reports every exit status
-  (:class:`~._protocol.Exited`), so :class:`WarmRank` answers ``poll``/``wait``
-  like :class:`subprocess.Popen` and every fault message stays the same.
+* the supervisors are the template's children, not the main process's: the
+  template reaps them (a pidfd each) and reports every exit status (a
+  supervisor exits as its rank did, see :class:`~._protocol.Exited`), so
+  :class:`WarmRank` answers ``poll``/``wait`` like :class:`subprocess.Popen`
+  and every fault message stays the same.
 
 Forking is unsafe when the main process runs other threads (Python threads,
 or native ones started after torch was imported, such as an OpenMP pool:

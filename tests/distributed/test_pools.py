@@ -1,51 +1,86 @@
-"""Rank pools: closed after their last test, teardown errors reported, the main session's
+"""Rank pools: one at a time, closed after their last test (or before another pool's
+test), started again after a failed start, teardown errors reported, the main session's
 files left to the main session."""
 
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import output_of, verbose_outcomes
+from tests.helpers import assert_gone, assert_no_pool_directory, output_of, verbose_outcomes
+
+# Each rank process notes its pid as it starts (a conftest outside a package is imported
+# by every rank, warm or cold), so a test can count the ranks alive at that moment.
+RANK_PIDS = """
+import os
+from pathlib import Path
+
+if "PYTEST_COMPOSABLE_RANK_WORKER" in os.environ:
+    Path(os.environ["PIDS"], str(os.getpid())).touch()
+"""
 
 SIZES = """
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
-
-def _ranks_of_the_main_process():
-    # The ranks' parent: the main process (cold start) or its template (warm start), whose
-    # command line is the main process's (pytester's is ``python -mpytest ...``).
-    main = os.getppid()
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\\0")
-        except OSError:
-            continue
-        if int(fields[1]) == main and any(arg.endswith(b"pytest") for arg in cmdline):
-            count += 1
-    return count
+pytestmark = pytest.mark.composable(devices=["cpu"], world_size=[2, 3, 4])
 
 
-@pytest.mark.composable(devices=["cpu"], world_size=[1, 2, 3])
-def test_live_ranks(composable_world):
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _check(world):
     dist.barrier()
-    assert _ranks_of_the_main_process() == composable_world.world_size
+    ranks = sorted(int(p.name) for p in Path(os.environ["PIDS"]).iterdir() if _alive(p.name))
+    assert len(ranks) == world.world_size, ranks
+    pools = list(Path(tempfile.gettempdir()).glob("composable-ranks-*"))
+    assert len(pools) == 1, pools
+
+
+def test_first(composable_world):
+    _check(composable_world)
+
+
+def test_second(composable_world):
+    _check(composable_world)
 """
 
 
-def test_a_pool_closes_after_its_last_test(pytester: pytest.Pytester) -> None:
-    """Sizes 1, 2, 3 in one session: when size 3 runs, only its 3 ranks are alive (not 6)."""
+def test_one_pool_at_a_time(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """World sizes 2, 3, 4, 2, 3, 4: each pool closes before the next size's starts (and
+    starts again when needed), so only one pool's ranks and directory exist at a time."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("PIDS", str(pids))
+    monkeypatch.setenv("TMPDIR", str(temp))
+    pytester.makeconftest(RANK_PIDS)
     pytester.makepyfile(test_sizes=SIZES)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=3)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert list(verbose_outcomes(result)) == [
+        f"test_sizes.py::{test}[cpu-ws{size}]"
+        for test in ("test_first", "test_second")
+        for size in (2, 3, 4)
+    ], output_of(result)
+    result.assert_outcomes(passed=6)
+    assert len(list(pids.iterdir())) == 2 * (2 + 3 + 4)  # every pool started twice
+    assert_gone([int(p.name) for p in pids.iterdir()], within=0)
+    assert_no_pool_directory(temp, within=0)
 
 
 MODULE_FIXTURE = """
@@ -140,6 +175,10 @@ def test_never_reached(composable_world):
 @pytest.mark.composable(world_size=1)
 def test_last(composable_world):
     dist.barrier()
+
+
+def test_plain_passes():
+    pass
 """
 
 PROBLEMS = "*composable: errors on the ranks after their last test*"
@@ -159,13 +198,13 @@ def test_errors_when_a_pool_closes_at_the_end_are_reported(pytester: pytest.Pyte
 def test_errors_when_a_workers_pool_closes_at_the_end_fail_the_session(
     pytester: pytest.Pytester,
 ) -> None:
-    """Under pytest-xdist a pool that is idle at the worker's last test closes at the
-    worker's end, whose report nobody sees: its errors reach the controller, which shows
-    them and fails, instead of a green run."""
+    """Under pytest-xdist a pool that is idle at the worker's last test (one of the main
+    process) closes at the worker's end, whose report nobody sees: its errors reach the
+    controller, which shows them and fails, instead of a green run."""
     pytest.importorskip("xdist")
     pytester.makepyfile(test_session=SESSION_FIXTURE)
     result = pytester.runpytest_subprocess(
-        "-p", "xdist", "-n", "1", "-p", "no:cacheprovider", "-k", "first or last"
+        "-p", "xdist", "-n", "1", "-p", "no:cacheprovider", "-k", "first or plain_passes"
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(
@@ -270,3 +309,140 @@ def test_backend_from_the_marker(pytester: pytest.Pytester) -> None:
     }, output_of(result)
     result.stdout.fnmatch_lines(["*could not start 2 ranks on cpu: rank * failed to join*"])
     assert "nosuch" in output_of(result)
+
+
+SHARED_MODULE = """
+import os
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+@pytest.fixture(scope="module")
+def module_resource():
+    Path(f"setup-{os.environ['RANK']}-{os.getpid()}").touch()
+    yield
+    Path(f"teardown-{os.environ['RANK']}-{os.getpid()}").touch()
+
+
+@pytest.mark.composable(world_size=2)
+def test_two(composable_world, module_resource):
+    dist.barrier()
+
+
+@pytest.mark.composable(world_size=4)
+def test_four(composable_world, module_resource):
+    dist.barrier()
+"""
+
+OTHER_MODULE = """
+import pytest
+import torch.distributed as dist
+
+
+@pytest.mark.composable(devices=["cpu"], world_size=2)
+def test_two_again(composable_world):
+    dist.barrier()
+"""
+
+
+def test_ranks_are_told_their_own_pools_next_test(pytester: pytest.Pytester) -> None:
+    """Sizes 2 and 4 in module a, then size 2 in module b. The pool of size 2 closes before
+    size 4 starts, so its ranks end every fixture after ``test_two`` (told no next test,
+    not ``test_four``, which would keep module a set up into ``test_two_again``)."""
+    pytester.makepyfile(test_a=SHARED_MODULE, test_b=OTHER_MODULE)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert verbose_outcomes(result) == {
+        "test_a.py::test_two[cpu]": "PASSED",
+        "test_a.py::test_four[cpu]": "PASSED",
+        "test_b.py::test_two_again[cpu]": "PASSED",
+    }, output_of(result)
+    # Each rank process that set module a up tore it down (2 + 4 ranks).
+    setups = sorted(p.name.partition("-")[2] for p in pytester.path.glob("setup-*"))
+    teardowns = sorted(p.name.partition("-")[2] for p in pytester.path.glob("teardown-*"))
+    assert len(setups) == 6
+    assert setups == teardowns
+
+
+BETWEEN_MODULES = """
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+def test_world(composable_world):
+    dist.barrier()
+
+
+def test_plain():
+    pass
+"""
+
+
+def test_ranks_keep_no_module_for_a_test_of_this_process_under_xdist(
+    pytester: pytest.Pytester,
+) -> None:
+    """Under pytest-xdist a worker knows only its next test: a world test followed by a
+    test of this process in module a, then a world test in module b, on one worker. The
+    ranks kept module a for ``test_plain``; ``test_world`` of module b gets ranks that hold
+    nothing of module a."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_a=BETWEEN_MODULES, test_b=BETWEEN_MODULES)
+    result = pytester.runpytest_subprocess("-p", "xdist", "-n", "1", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4)
+
+
+FIRST_START_FAILS = """
+import os
+from pathlib import Path
+
+if "PYTEST_COMPOSABLE_RANK_WORKER" in os.environ and os.environ["RANK"] == "0":
+    flag = Path("first-start-failed")
+    if not flag.exists():
+        flag.touch()
+        os._exit(3)  # only the first pool's start fails
+"""
+
+RETRIES = """
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+def test_start_fails(composable_world):
+    pass
+
+
+@pytest.mark.composable(world_size=1)
+def test_other_pool(composable_world):
+    pass
+
+
+def test_start_again(composable_world):
+    dist.barrier()
+
+
+def test_same_pool(composable_world):
+    dist.barrier()
+"""
+
+
+def test_a_failed_start_fails_only_its_test(pytester: pytest.Pytester) -> None:
+    """A pool whose start failed is started again for the next test that needs it."""
+    pytester.makeconftest(FIRST_START_FAILS)
+    pytester.makepyfile(test_retries=RETRIES)
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    assert verbose_outcomes(result) == {
+        "test_retries.py::test_start_fails[cpu]": "ERROR",
+        "test_retries.py::test_other_pool[cpu]": "PASSED",
+        "test_retries.py::test_start_again[cpu]": "PASSED",
+        "test_retries.py::test_same_pool[cpu]": "PASSED",
+    }, output_of(result)
+    result.stdout.fnmatch_lines(
+        ["composable: could not start 2 ranks on cpu: rank 0 failed to join the world*"]
+    )
