@@ -162,9 +162,13 @@ def parse_timeout(raw: str) -> float:
     :data:`MAX_TIMEOUT`, written in the digits 0-9 (``120``, ``0.5``, ``1e3``);
     ``ValueError`` otherwise (signs, ``nan``, ``inf``, digits of other scripts)."""
     value = decimal_value(raw.strip())
+    if value is None:
+        raise ValueError(
+            f"{quote(raw)} is not a number of seconds in the digits 0-9 (such as 120, 0.5 or 1e3)"
+        )
     # Compared so that a NaN could never pass, whatever decimal_value gives.
-    if value is None or not 0 < value <= MAX_TIMEOUT:
-        raise ValueError(f"{quote(raw)} is not {TIMEOUT_RANGE}, written in the digits 0-9")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(f"{quote(raw)} is not {TIMEOUT_RANGE}")
     return value
 
 
