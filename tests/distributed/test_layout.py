@@ -15,6 +15,7 @@ DISTRIBUTED_LAYERS = [
     "distributed.plugin",
     "distributed._pool",
     "distributed._warm",
+    "distributed._supervise",
     "distributed._fork_safety",
     "distributed._launched",
     "distributed._rank",
