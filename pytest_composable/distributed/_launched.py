@@ -76,13 +76,19 @@ _GRACE = 3.0
 _RESTART_TIMEOUT = 60.0
 """How long the ranks may take to make a new default group after one was shut down."""
 
+_SETTLE = 0.05
+"""How long the ranks let their old groups' gloo workers run before the groups go."""
+
 _PLUGIN_MODULES = ("torch", "_pytest", "pytest", "pluggy", "pytest_composable")
 """Modules whose frames are left out of the stack shown for a waiting rank."""
 
 
-def all_gather_bytes(payload: bytes, world_size: int, group: Any) -> list[bytes]:
+def all_gather_bytes(
+    payload: bytes, world_size: int, group: Any, keep: list[Any] | None = None
+) -> list[bytes]:
     """Every rank's ``payload``, in rank order, over ``group`` (uint8 tensors; torch's
-    ``*_object`` collectives need numpy, which a user's environment may lack)."""
+    ``*_object`` collectives need numpy, which a user's environment may lack). The
+    tensors are added to ``keep``, if given (see :attr:`LaunchedSession.keep`)."""
     import torch
     import torch.distributed as dist
 
@@ -95,6 +101,8 @@ def all_gather_bytes(payload: bytes, world_size: int, group: Any) -> list[bytes]
     padded[: data.numel()] = data
     gathered = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world_size)]
     dist.all_gather(gathered, padded, group=group)
+    if keep is not None:
+        keep += [size, data, padded, *sizes, *gathered]
     return [bytes(t[: int(s.item())].tolist()) for t, s in zip(gathered, sizes, strict=True)]
 
 
@@ -346,6 +354,11 @@ class LaunchedSession:
         self.tests_run = 0  # world tests run so far: every rank counts the same
         self.watcher: _Watcher | None = None
         self.test: _Test | None = None  # the world test running now
+        # The tensors of the last exchanges over the control group, held until the next
+        # test or until the groups are gone: a gloo worker that freed the last reference
+        # to one needs the GIL, and a group's destruction holds the GIL while it waits for
+        # its workers (a deadlock on torch 2.6, at the session's end).
+        self.keep: list[Any] = []
 
     def silence(self) -> None:
         """Only rank 0 prints; the others' failures reach it with each test."""
@@ -443,10 +456,19 @@ class LaunchedSession:
         self.activate("world")
         error = None
         try:
+            # A gloo worker may still hold the last reference to a tensor of the test or of
+            # the report exchange, and needs the GIL to free it; a group's destruction holds
+            # the GIL while it joins its workers. So the workers get the GIL first, and the
+            # old groups go before a new one is made (a constructor that holds the GIL,
+            # then an assignment that drops the old group, deadlocked on torch 2.6).
+            time.sleep(_SETTLE)
             forget_meshes()
             self.names_from = max(self.names_from, c10d._world.group_count)
+            self.group = None
+            self.context = None
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+            self.keep.clear()
             c10d._world.group_count = self.names_from
             self.generation += 1
             self._make_world(backends, self.pg_timeout)
@@ -479,6 +501,7 @@ class LaunchedSession:
         import torch.distributed as dist
 
         flag = torch.tensor([1 if stop else 0], dtype=torch.uint8)
+        self.keep.append(flag)
         dist.broadcast(flag, src=0, group=self.group)
         return bool(flag.item())
 
@@ -489,24 +512,29 @@ class LaunchedSession:
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
-        if self.context is not None:
-            import torch.distributed as dist
+        if self.store is None:
+            return  # never joined
+        import torch.distributed as dist
 
-            self.activate("world")
-            with contextlib.suppress(Exception):
-                if self.broken is not None:
-                    # The control group may be gone: meet in the store instead.
-                    keys = [f"composable/left/{rank}" for rank in range(self.world_size)]
-                    self.store.set(keys[self.rank], "1")
-                    self.store.wait(keys, datetime.timedelta(seconds=_CONTROL_TIMEOUT))
-                else:
-                    if not self.stopped:
-                        self._told_to_stop(True)
-                    dist.barrier(group=self.group)
-            forget_meshes()
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-            self.context = None
+        self.activate("world")
+        with contextlib.suppress(Exception):
+            if self.broken is not None:
+                # The control group may be gone: meet in the store instead.
+                keys = [f"composable/left/{rank}" for rank in range(self.world_size)]
+                self.store.set(keys[self.rank], "1")
+                self.store.wait(keys, datetime.timedelta(seconds=_CONTROL_TIMEOUT))
+            else:
+                if not self.stopped:
+                    self._told_to_stop(True)
+                dist.barrier(group=self.group)
+        time.sleep(_SETTLE)  # see _remake_world
+        forget_meshes()
+        self.group = None
+        self.context = None
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+        self.keep.clear()
+        self.store = None
 
     def activate(self, name: str) -> None:
         """Let torch see the ``"world"`` (the plugin's) or the ``"tests"`` process groups."""
@@ -561,6 +589,7 @@ class LaunchedSession:
             self._log(item, [failure(item, "setup", self.broken), passed(item, "teardown")])
             return True
         timeout = timeout_of(item)
+        self.keep.clear()  # the last test's: its workers are long done with them
         self.join(pg_timeout_for(timeout))
         # Each test's collectives wait as long as its own deadline allows (on a torch
         # that can retime a group in place; torch 2.6 keeps the first test's).
@@ -590,7 +619,9 @@ class LaunchedSession:
         try:
             gathered = [
                 pickle.loads(b)
-                for b in all_gather_bytes(pickle.dumps(mine), self.world_size, self.group)
+                for b in all_gather_bytes(
+                    pickle.dumps(mine), self.world_size, self.group, self.keep
+                )
             ]
         except Exception as error:  # a rank hung or died: the world is lost
             self.broken = f"composable: the launched world broke during {item.nodeid}: {error}"
