@@ -342,6 +342,22 @@ def is_consequence(error: BaseException, traceback_: TracebackType | None) -> bo
     return False
 
 
+def _drop_library_frames(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Cut the error's traceback after the user's innermost frame: what another rank's
+    failure caused is shown with the user's frames only (the collective's source and
+    docstring say nothing of it). The raw traceback is cut, not pytest's view of it,
+    which pytest rebuilds from the raw one."""
+    last = None
+    tb: TracebackType | None = excinfo.tb
+    while tb is not None:
+        if not is_library(tb.tb_frame.f_code.co_filename):
+            last = tb
+        tb = tb.tb_next
+    if last is not None and last.tb_next is not None:
+        last.tb_next = None
+        excinfo.traceback = type(excinfo.traceback)(excinfo.tb)
+
+
 class FailureNotice:
     """On a plugin-launched rank, a phase that fails is announced to the main process at
     once (:class:`~._protocol.Failing`), while the test's protocol goes on: the main
@@ -355,11 +371,7 @@ class FailureNotice:
         excinfo = call.excinfo
         consequence = excinfo is not None and is_consequence(excinfo.value, excinfo.tb)
         if excinfo is not None and consequence:
-            # What another rank's failure caused is shown with the user's frames only:
-            # the library's (the collective's source and docstring) say nothing of it.
-            own = excinfo.traceback.filter(lambda entry: not is_library(str(entry.path)))
-            if len(own):
-                excinfo.traceback = own
+            _drop_library_frames(excinfo)
         report = yield
         channel = _channel
         if report.failed and channel is not None and _context is not None:

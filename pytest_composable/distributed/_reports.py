@@ -127,8 +127,7 @@ def crash_line(
         message = next((line for line in first.longreprtext.splitlines() if line.strip()), "")
     head, newline, rest = message.partition("\n")
     same = all(
-        (c.message if r in per_rank and (c := _crash(per_rank[r])) is not None else None)
-        == message
+        (c.message if r in per_rank and (c := _crash(per_rank[r])) is not None else None) == message
         for r in failed[1:]
     )
     if len(failed) == 1:

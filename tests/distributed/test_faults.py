@@ -98,7 +98,7 @@ def test_hang_and_rank_death_fail_one_test_each(pytester: pytest.Pytester) -> No
             "*_ rank 1 _*",
             "*KeyboardInterrupt*",
             "*RankInterrupt: KeyboardInterrupt raised inside the test on this rank",
-            "*_ rank 0 (waiting in test_escapes_the_test (test_faults.py:37) when rank 1 failed) _*",
+            "*_ rank 0 (waiting in test_escapes_the_test (test_faults.py:37) when rank 1 failed) _*",  # noqa: E501
         ]
     )
     assert took < 100
