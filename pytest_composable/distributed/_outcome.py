@@ -157,12 +157,15 @@ def _failed_first(
     """The lines, crash line and ``--tb=line`` text of the ranks that failed, ``ranked[0]``
     (a rank that failed on its own) first."""
     root = ranked[0]
-    also = f"; also failed: {_ranks(ranked[1:])}" if ranked[1:] else ""
+    # The headline names the other ranks that failed on their own, not what the root
+    # cause made fail (they follow in the report).
+    own = [r for r in ranked[1:] if not results[r].consequence]
+    also = f"; also failed: {_ranks(own)}" if own else ""
     first = results[root].failing
     crash = None
     if first is not None and results[root].problem is None:
         announced = {r: res.failing for r, res in results.items() if res.failing is not None}
-        crash = crash_line(item, announced, ranked, world_size)
+        crash = crash_line(item, announced, [root, *own], world_size)
         lines = [f"composable: {first.when} failed on rank {root} of {world_size}{also}"]
         brief = first.longreprtext
     else:

@@ -433,6 +433,38 @@ class RankPool:
         deadline = time.monotonic() + timeout
         cut_at: float | None = None  # when ranks still running are ended: a rank failed
         usable = True
+        died: list[int] = []
+
+        def take(channel: Channel) -> None:
+            """Read one message of a rank still running the test."""
+            nonlocal cut_at, usable
+            rank = waiting[channel]
+            message = _receive(channel)
+            if isinstance(message, Failing):
+                if results[rank].failing is None:
+                    results[rank].failing = unserialize(self.config, message.report)
+                    results[rank].consequence = message.consequence
+                    failed(rank)
+                if cut_at is None:
+                    cut_at = time.monotonic() + _FAIL_GRACE
+                return
+            del waiting[channel]
+            if isinstance(message, Done):
+                results[rank].reports = [unserialize(self.config, d) for d in message.reports]
+                usable = usable and message.intact
+            elif isinstance(message, Missing):
+                failed(rank)
+                results[rank].problem = (
+                    f"composable: rank {rank} did not collect {message.nodeid} (does "
+                    "collection depend on the process?)"
+                )
+                if cut_at is None:
+                    cut_at = time.monotonic() + _FAIL_GRACE
+            else:
+                failed(rank)
+                self._died(results, rank, message)
+                died.append(rank)
+
         try:
             while waiting:
                 until = deadline if cut_at is None else min(deadline, cut_at)
@@ -449,35 +481,15 @@ class RankPool:
                     self._end(results, late, timeout if ran_out else None)
                     return results, False
                 for channel in readable:
-                    rank = waiting[channel]
-                    message = _receive(channel)
-                    if isinstance(message, Failing):
-                        if results[rank].failing is None:
-                            results[rank].failing = unserialize(self.config, message.report)
-                            results[rank].consequence = message.consequence
-                            failed(rank)
-                        if cut_at is None:
-                            cut_at = time.monotonic() + _FAIL_GRACE
-                        continue
-                    del waiting[channel]
-                    if isinstance(message, Done):
-                        results[rank].reports = [
-                            unserialize(self.config, d) for d in message.reports
-                        ]
-                        usable = usable and message.intact
-                    elif isinstance(message, Missing):
-                        failed(rank)
-                        results[rank].problem = (
-                            f"composable: rank {rank} did not collect {message.nodeid} (does "
-                            "collection depend on the process?)"
-                        )
-                        if cut_at is None:
-                            cut_at = time.monotonic() + _FAIL_GRACE
-                    else:
-                        failed(rank)
-                        self._died(results, rank, message)
-                        self._end(results, sorted(waiting.values()))
-                        return results, False
+                    take(channel)
+                if died:
+                    # What the others said meanwhile (a report the death caused, or
+                    # their whole test) is read before the ones still running are ended.
+                    while waiting and (ready := select.select(list(waiting), [], [], 0)[0]):
+                        for channel in ready:
+                            take(channel)
+                    self._end(results, sorted(waiting.values()))
+                    return results, False
         finally:
             if echo is not None:
                 echo.flush(final=True)
