@@ -79,7 +79,7 @@ runtime-check: $(RUNTIME)/.installed  ## torchrun, srun and mpirun sessions with
 	$(RUNTIME)/bin/python -m pip install -q --force-reinstall --no-deps .
 	! $(RUNTIME)/bin/python -c "import numpy" 2>/dev/null
 	cd examples && OMP_NUM_THREADS=1 ../$(RUNTIME)/bin/python -m torch.distributed.run --standalone --nproc-per-node=2 -m pytest -p no:cacheprovider -q -rs .
-	$(RUNTIME)/bin/python -m pytest -p no:cacheprovider -q -rs tests/distributed/test_launchers.py tests/distributed/test_torchrun.py
+	$(RUNTIME)/bin/python -m pytest -p no:cacheprovider -q -rs tests/distributed/test_launchers.py tests/distributed/test_torchrun.py tests/distributed/test_launched_faults.py
 
 gpu-check:  ## on a CUDA machine: its python3 and this checkout, nothing installed
 	PYTHON=$(PYTHON) .ci/gpu-check
