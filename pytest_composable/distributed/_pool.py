@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -59,6 +59,8 @@ import pytest
 from . import _supervise
 from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV
 from ._fork_safety import unsafe_reason
+from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
+from ._lockstep import tail as _tail
 from ._outcome import RankResult, compose
 from ._policy import PoolKey
 from ._protocol import (
@@ -66,20 +68,13 @@ from ._protocol import (
     Check,
     Checked,
     Crash,
-    Done,
-    Failing,
     Joining,
-    Message,
-    Missing,
-    ProtocolError,
     RankSpec,
     Ready,
-    Run,
     Stop,
 )
 from ._rank_args import RankOptions, rank_arguments, rank_environment
-from ._reports import failure, passed, unserialize
-from ._stacks import summarize
+from ._reports import failure, passed
 from ._warm import Template, TemplateError
 
 __all__ = ["Launcher", "PoolError", "RankPool", "sweep_stale"]
@@ -87,15 +82,8 @@ __all__ = ["Launcher", "PoolError", "RankPool", "sweep_stale"]
 _PREFIX = "composable-ranks-"
 _LOCK = "lock"
 _STALE_AFTER = 60.0  # a directory younger than this may still be taking its lock
-_STACK_WAIT = 1.0
-# After a rank fails, how long the others may take to finish the test on their own (a
-# test that fails on every rank at once, each for its own reason) before the ones still
-# running are ended.
-_FAIL_GRACE = 1.0
-_ECHO_EVERY = 0.1  # with -s, how often the ranks' new output is written to the terminal
 _STOP_WAIT = 10.0
 _JOIN_GRACE = 5.0
-_LOG_TAIL = 3000
 
 # The reaper: reads its stdin until the main process's end of the pipe closes, then
 # asks each rank's supervisor to end its rank and all the rank started (SIGTERM, as
@@ -128,28 +116,6 @@ for pid in pids:
             pass
 shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "stopped answering"
-    if code < 0:
-        try:
-            return f"was killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"
-
-
-def _tail(path: Path, start: int = 0) -> str:
-    """The last :data:`_LOG_TAIL` characters of ``path`` from byte ``start`` on."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return text[-_LOG_TAIL:]
 
 
 def sweep_stale(root: Path | None = None) -> list[Path]:
@@ -227,7 +193,6 @@ class RankPool:
         self.channels: dict[int, Channel] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
         self.last: str | None = None  # the last test the pool ran
-        self._logged: dict[int, int] = {}  # each rank's log size when the last test began
         self.directory = Path(tempfile.mkdtemp(prefix=_PREFIX))
         self._lock = os.open(self.directory / _LOCK, os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -357,14 +322,14 @@ class RankPool:
                 raise PoolError(self._startup_problem(what, late or met))
             for channel in select.select(list(waiting), [], [], min(left, 0.5))[0]:
                 rank = waiting[channel]
-                message = _receive(channel)
+                message = receive(channel)
                 if isinstance(message, Joining):
                     joining.add(rank)
                     continue
                 del waiting[channel]
                 if not isinstance(message, Ready):
                     detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
-                    exit_text = describe_exit(self._wait_exit(rank))
+                    exit_text = describe_exit(self.wait_exit(rank))
                     late = sorted(waiting.values())
                     also = f"; rank(s) {_ranks(late)} had not joined yet" if late else ""
                     raise PoolError(
@@ -374,7 +339,7 @@ class RankPool:
                         )
                     )
 
-    def _wait_exit(self, rank: int, seconds: float = 5.0) -> int | None:
+    def wait_exit(self, rank: int, seconds: float = 5.0) -> int | None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.procs[rank].wait(timeout=seconds)
         return self.procs[rank].poll()
@@ -404,96 +369,14 @@ class RankPool:
     def run(
         self, nodeid: str, next_id: str | None, timeout: float, pg_timeout: float
     ) -> tuple[dict[int, RankResult], bool]:
-        """Run ``nodeid`` on every rank; the results, and whether the pool is still usable.
-
-        A rank that fails a phase says so at once (:class:`~._protocol.Failing`); the
-        others then have :data:`_FAIL_GRACE` seconds to finish too. Ranks still running
-        after that (waiting in a collective the failed rank never joins, as a rule), or
-        when a rank dies, or at the test's deadline, have their stacks taken and are
-        ended with the pool, which the next test restarts.
-        """
+        """Run ``nodeid`` on every rank (:class:`~._lockstep.Lockstep`); the results, and
+        whether the pool is still usable."""
         self.last = nodeid
-        results = {rank: RankResult() for rank in range(self.world_size)}
-        self._logged = {rank: _size(self.log(rank)) for rank in range(self.world_size)}
-        echo = _Echo(self) if _echoes(self.config) else None
-        seen = 0  # failures seen so far, for their order
+        return Lockstep(self, nodeid, next_id, timeout, pg_timeout).run()
 
-        def failed(rank: int) -> None:
-            nonlocal seen
-            if results[rank].order is None:
-                results[rank].order, seen = seen, seen + 1
-
-        for rank, channel in self.channels.items():
-            if not channel.send(Run(nodeid, next_id, pg_timeout)):
-                self._died(results, rank, None)
-                failed(rank)
-                self._end(results, [r for r in range(self.world_size) if r != rank])
-                return results, False
-        waiting = {channel: rank for rank, channel in self.channels.items()}
-        deadline = time.monotonic() + timeout
-        cut_at: float | None = None  # when ranks still running are ended: a rank failed
-        usable = True
-        died: list[int] = []
-
-        def take(channel: Channel) -> None:
-            """Read one message of a rank still running the test."""
-            nonlocal cut_at, usable
-            rank = waiting[channel]
-            message = _receive(channel)
-            if isinstance(message, Failing):
-                if results[rank].failing is None:
-                    results[rank].failing = unserialize(self.config, message.report)
-                    results[rank].consequence = message.consequence
-                    failed(rank)
-                if cut_at is None:
-                    cut_at = time.monotonic() + _FAIL_GRACE
-                return
-            del waiting[channel]
-            if isinstance(message, Done):
-                results[rank].reports = [unserialize(self.config, d) for d in message.reports]
-                usable = usable and message.intact
-            elif isinstance(message, Missing):
-                failed(rank)
-                results[rank].problem = (
-                    f"composable: rank {rank} did not collect {message.nodeid} (does "
-                    "collection depend on the process?)"
-                )
-                if cut_at is None:
-                    cut_at = time.monotonic() + _FAIL_GRACE
-            else:
-                failed(rank)
-                self._died(results, rank, message)
-                died.append(rank)
-
-        try:
-            while waiting:
-                until = deadline if cut_at is None else min(deadline, cut_at)
-                left = until - time.monotonic()
-                wait = max(left, 0) if echo is None else max(min(left, _ECHO_EVERY), 0)
-                readable = select.select(list(waiting), [], [], wait)[0]
-                if echo is not None:
-                    echo.flush()
-                if not readable:
-                    if time.monotonic() < until:
-                        continue
-                    late = sorted(waiting.values())
-                    ran_out = cut_at is None or deadline <= cut_at
-                    self._end(results, late, timeout if ran_out else None)
-                    return results, False
-                for channel in readable:
-                    take(channel)
-                if died:
-                    # What the others said meanwhile (a report the death caused, or
-                    # their whole test) is read before the ones still running are ended.
-                    while waiting and (ready := select.select(list(waiting), [], [], 0)[0]):
-                        for channel in ready:
-                            take(channel)
-                    self._end(results, sorted(waiting.values()))
-                    return results, False
-        finally:
-            if echo is not None:
-                echo.flush(final=True)
-        return results, usable
+    def stack_dumps(self, late: Iterable[int]) -> str:
+        """Every rank's stack (the ``late`` ones' as what they run), for a report."""
+        return stack_dumps(self, late)
 
     def healthy(self, timeout: float) -> bool:
         """Whether every rank still passes a barrier within ``timeout`` seconds."""
@@ -508,78 +391,9 @@ class RankPool:
                 return False
             for channel in readable:
                 waiting.discard(channel)
-                if _receive(channel) != Checked(True):
+                if receive(channel) != Checked(True):
                     return False
         return True
-
-    def _died(self, results: dict[int, RankResult], rank: int, message: Message | None) -> None:
-        code = self._wait_exit(rank, 1.0)
-        if isinstance(message, Crash) and message.phase == "test":
-            how = f"crashed while running the test ({describe_exit(code)}):\n{message.traceback}"
-        elif isinstance(message, Crash):
-            how = f"crashed outside the test ({describe_exit(code)}):\n{message.traceback}"
-        else:
-            how = f"{describe_exit(code)} while running the test"
-        results[rank].problem = (
-            f"composable: rank {rank} {how}\n"
-            f"{'_' * 20} rank {rank} output (tail) {'_' * 20}\n{_tail(self.log(rank))}"
-        )
-
-    def take_stacks(self, ranks: Iterable[int]) -> dict[int, str]:
-        """The Python stacks of ``ranks``, taken now (SIGUSR1 -> faulthandler on the rank):
-        faulthandler's dump of every thread, per rank (empty where none came)."""
-        asked = {}
-        for rank in ranks:
-            proc = self.procs[rank]
-            path = self.stacks(rank)
-            offset = path.stat().st_size if path.exists() else 0
-            if proc.poll() is None and hasattr(signal, "SIGUSR1"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGUSR1)
-                    asked[rank] = offset
-        # faulthandler writes from the signal handler, at once: wait until each dump
-        # has stopped growing, at most _STACK_WAIT.
-        sizes: dict[int, int] = {}
-        end = time.monotonic() + _STACK_WAIT
-        while time.monotonic() < end:
-            time.sleep(0.05)
-            now = {rank: _size(self.stacks(rank)) for rank in asked}
-            if all(now[r] > asked[r] and now[r] == sizes.get(r) for r in asked):
-                break
-            sizes = now
-        dumps = {}
-        for rank, offset in asked.items():
-            try:
-                with open(self.stacks(rank), errors="replace") as f:
-                    f.seek(offset)
-                    dumps[rank] = f.read()
-            except OSError:
-                dumps[rank] = ""
-        return dumps
-
-    def stack_dumps(self, late: Iterable[int]) -> str:
-        """Every rank's stack (the ``late`` ones' as what they run), for a report."""
-        late = set(late)
-        dumps = self.take_stacks(range(self.world_size))
-        parts = []
-        for rank in range(self.world_size):
-            state = "still running" if rank in late else "finished"
-            _, lines = summarize(dumps.get(rank, ""))
-            parts.append(f"{'_' * 20} rank {rank} ({state}) {'_' * 20}\n" + "\n".join(lines))
-        return "\n".join(parts)
-
-    def _end(
-        self, results: dict[int, RankResult], late: Sequence[int], timed_out: float | None = None
-    ) -> None:
-        """End the test on every rank: take the stacks of ``late`` (still running it), then
-        kill the pool."""
-        dumps = self.take_stacks(late)
-        for rank in late:
-            results[rank].stack = dumps.get(rank, "")
-            results[rank].timed_out = timed_out
-            # What it printed during the test: a rank ended here never reports it.
-            results[rank].output = _tail(self.log(rank), self._logged.get(rank, 0))
-        self.kill()
 
     def stop(self) -> str | None:
         """Ask every rank to end its session fixtures and exit, then make sure none is left.
@@ -595,7 +409,7 @@ class RankPool:
             if not select.select([channel], [], [], left)[0]:
                 problems.append(f"composable: rank {rank} did not end its session in time")
                 continue
-            message = _receive(channel)
+            message = receive(channel)
             if isinstance(message, Crash):
                 problems.append(
                     f"composable: rank {rank}: tearing down fixtures failed:\n{message.traceback}"
@@ -639,56 +453,6 @@ class RankPool:
             shutil.rmtree(self.directory, ignore_errors=True)
             os.close(self._lock)
             self._lock = -1
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _echoes(config: pytest.Config) -> bool:
-    """With ``-s`` (``--capture=no``) what the ranks print reaches the terminal live."""
-    return bool(config.getoption("capture", None) == "no")
-
-
-class _Echo:
-    """Writes what the ranks print during a test to this process's stdout as it comes,
-    each line prefixed with its rank (``[rank1] ...``). The ranks write to their log
-    files (read from where this test started), which stay whole for the reports."""
-
-    def __init__(self, pool: RankPool) -> None:
-        self.paths = {rank: pool.log(rank) for rank in range(pool.world_size)}
-        self.offsets = {rank: _size(path) for rank, path in self.paths.items()}
-        self.partial = {rank: b"" for rank in self.paths}
-
-    def flush(self, final: bool = False) -> None:
-        out = []
-        for rank, path in self.paths.items():
-            try:
-                with open(path, "rb") as f:
-                    f.seek(self.offsets[rank])
-                    data = f.read()
-            except OSError:
-                continue
-            self.offsets[rank] += len(data)
-            *lines, rest = (self.partial[rank] + data).split(b"\n")
-            if final and rest:
-                lines, rest = [*lines, rest], b""
-            self.partial[rank] = rest
-            out += [f"[rank{rank}] {line.decode(errors='replace')}\n" for line in lines]
-        if out:
-            sys.stdout.write("".join(out))
-            sys.stdout.flush()
-
-
-def _receive(channel: Channel) -> Message | None:
-    """The next message; a value outside the protocol counts as the rank gone."""
-    try:
-        return channel.recv()
-    except ProtocolError:
-        return None
 
 
 def _ranks(ranks: Iterable[int]) -> str:

@@ -14,6 +14,7 @@ PACKAGE = Path(pytest_composable.__file__).parent
 DISTRIBUTED_LAYERS = [
     "distributed.plugin",
     "distributed._pool",
+    "distributed._lockstep",
     "distributed._warm",
     "distributed._supervise",
     "distributed._fork_safety",
