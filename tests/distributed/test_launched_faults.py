@@ -195,14 +195,14 @@ def test_a_failing_rank_ends_the_others_wait(pytester: pytest.Pytester) -> None:
 
 
 REFUSES = """
-from pytest_composable.distributed import _launched
+from pytest_composable.distributed import _launched_world
 
 
 def _refuse(self):
     return "refused by the test's conftest"
 
 
-_launched.LaunchedSession._remake_world = _refuse
+_launched_world.LaunchedWorld.remake = _refuse
 """
 
 
