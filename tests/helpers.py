@@ -19,6 +19,12 @@ import torch
 import pytest_composable.devices
 import pytest_composable.registry  # noqa: F401
 
+# torch 2.6's FSDP imports torch's fake process-group module, which registers the
+# "fake" backend as it is imported and refuses a second registration. Imported here,
+# before any in-process run, neither is dropped after a run and imported again.
+if torch.distributed.is_available():
+    import torch.distributed.fsdp
+
 # The first forward on meta loads torch._dynamo and torch._inductor, which register
 # operator libraries that cannot be registered twice: load them before any run too.
 torch.nn.Linear(1, 1, device="meta")(torch.empty(1, 1, device="meta"))
