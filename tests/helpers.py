@@ -7,9 +7,13 @@ Most tests run pytest in a temporary directory (``pytester``, which the root
 from __future__ import annotations
 
 import gc
+import os
 import re
+import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from subprocess import PIPE, STDOUT, Popen, TimeoutExpired
 
 # Imported before any in-process run, which pytester ends by dropping the modules
 # the run imported: torch cannot be imported twice in one process.
@@ -135,3 +139,47 @@ def name_devices(
         return [], DEVICE_ENV
     pytester.makeini(f"[pytest]\n{source} = {spec}\n")
     return [], f"{source} ini"
+
+
+def launch(path: Path, command: list[str], env: Mapping[str, str] | None = None) -> Popen[str]:
+    """Start a launcher (torchrun, a hand-made SLURM or MPI world) in ``path``: one thread
+    per rank, as torchrun sets, and a session of its own, so a stuck launch can be
+    killed with its workers."""
+    return Popen(
+        command,
+        cwd=path,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        stdout=PIPE,
+        stderr=STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def launch_output(launched: Popen[str], timeout: float = 120) -> str:
+    """The launch's output; a launch still running after ``timeout`` s is killed and fails
+    the test. Then no process of the launch (the launcher, a rank, what a rank started)
+    may be left: the test fails if one still runs 10 s after the launch ended."""
+    try:
+        return launched.communicate(timeout=timeout)[0]
+    except TimeoutExpired:
+        os.killpg(launched.pid, signal.SIGKILL)
+        pytest.fail(f"still running after {timeout} s:\n{launched.communicate()[0]}")
+    finally:
+        if launched.poll() is None:
+            os.killpg(launched.pid, signal.SIGKILL)
+            launched.communicate()
+        _no_process_left(launched.pid)
+
+
+def _no_process_left(group: int) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            os.killpg(group, signal.SIGKILL)
+            pytest.fail("a process of the launch was still running 10 s after it ended")
+        time.sleep(0.1)

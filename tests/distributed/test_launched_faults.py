@@ -12,9 +12,7 @@ report arrived; the target between the two is 10 s.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import launch, launch_output
 from tests.ports import free_port
 
 BOUND = 10.0  # seconds from a rank's failure to its test's failed report
@@ -100,49 +99,12 @@ ARGS = [
 def _launch(
     path: Path, command: list[str], env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        command,
-        cwd=path,
-        env={
-            **os.environ,
-            "OMP_NUM_THREADS": "1",
-            "COLUMNS": "300",  # the short summary's lines whole
-            "TIMES": str(path),
-            **(env or {}),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # so a stuck launch can be killed with its workers
-    )
+    # Whole short-summary lines; TIMES: where the tests write when they failed.
+    return launch(path, command, {"COLUMNS": "300", "TIMES": str(path), **(env or {})})
 
 
-def _output(launch: subprocess.Popen[str], timeout: float = 200) -> str:
-    """The launch's output; a launch still running after ``timeout`` s is killed. Then no
-    process of the launch (torchrun, a rank, what a rank started) is left."""
-    try:
-        return launch.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        os.killpg(launch.pid, signal.SIGKILL)
-        pytest.fail(f"still running after {timeout} s:\n{launch.communicate()[0]}")
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.communicate()
-        _no_process_left(launch.pid)
-
-
-def _no_process_left(group: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        if time.monotonic() > deadline:
-            os.killpg(group, signal.SIGKILL)
-            pytest.fail("a process of the launch was still running 10 s after it ended")
-        time.sleep(0.1)
+def _output(launched: subprocess.Popen[str]) -> str:
+    return launch_output(launched, 200)
 
 
 def _torchrun(path: Path, *args: str) -> subprocess.Popen[str]:

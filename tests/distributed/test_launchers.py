@@ -3,17 +3,15 @@ tests without a world, ``-x``, and the SLURM and Open MPI environments."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import launch, launch_output
 from tests.ports import free_port
 
 OUTSIDE_THE_WORLD = """
@@ -81,39 +79,15 @@ def test_world_after(composable_world):
 ARGS = ["-p", "no:cacheprovider", "--composable-device=cpu", "-rs", "-v"]
 
 
-def _launch(
-    path: Path, command: list[str], env: Mapping[str, str] | None = None
-) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        command,
-        cwd=path,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # so a stuck launch can be killed with its workers
-    )
-
-
-def _output(launch: subprocess.Popen[str], timeout: float = 120) -> str:
-    """The launch's output; a launch still running after ``timeout`` s is killed."""
-    try:
-        return launch.communicate(timeout=timeout)[0]
-    finally:
-        if launch.poll() is None:
-            os.killpg(launch.pid, signal.SIGKILL)
-            launch.communicate()
-
-
 def _torchrun(path: Path, *args: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return _launch(path, [*command, "--nproc-per-node=2", "-m", "pytest", *ARGS, *args])
+    return launch(path, [*command, "--nproc-per-node=2", "-m", "pytest", *ARGS, *args])
 
 
 def test_tests_without_a_world_do_not_see_the_plugins_group(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_outside=OUTSIDE_THE_WORLD)
-    launch = _torchrun(pytester.path)
-    output = _output(launch)
+    launched = _torchrun(pytester.path)
+    output = launch_output(launched)
     assert "test_outside.py::test_no_dist PASSED" in output, output
     assert "test_outside.py::test_stray_collective FAILED" in output, output
     assert "test_outside.py::test_own_group PASSED" in output, output
@@ -149,13 +123,13 @@ def test_never_runs(composable_world):
 def test_x_stops_every_rank_together(pytester: pytest.Pytester, stop: str) -> None:
     pytester.makepyfile(test_stops=STOPS)
     start = time.monotonic()
-    launch = _torchrun(pytester.path, stop, "--composable-timeout=60")
-    output = _output(launch)
+    launched = _torchrun(pytester.path, stop, "--composable-timeout=60")
+    output = launch_output(launched)
     took = time.monotonic() - start
     assert "stopping after 1 failures" in output, output
     assert "1 failed" in output, output
     assert "test_never_runs" not in output, output
-    assert launch.returncode != 0
+    assert launched.returncode != 0
     assert took < 40, f"took {took:.0f} s: a rank waited for a timeout"
 
 
@@ -182,14 +156,14 @@ def _by_hand(pytester: pytest.Pytester, variables: list[dict[str, str]]) -> list
     pytester.makepyfile(test_world=WORLD)
     port = str(free_port())
     launches = [
-        _launch(
+        launch(
             pytester.path,
             [sys.executable, "-m", "pytest", *ARGS],
             {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **env},
         )
         for env in variables
     ]
-    outputs = [_output(launch) for launch in launches]
+    outputs = [launch_output(launched) for launched in launches]
     assert launches[0].returncode == pytest.ExitCode.TESTS_FAILED, outputs[0]
     assert launches[1].returncode == pytest.ExitCode.OK, outputs[1]
     return outputs
@@ -247,13 +221,13 @@ def test_real_mpirun(pytester: pytest.Pytester) -> None:
         "pytest",
         *ARGS,
     ]
-    launch = _launch(
+    launched = launch(
         pytester.path,
         command,
         {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
     )
-    output = _output(launch)
+    output = launch_output(launched)
     assert "1 failed, 1 passed" in output, output
     assert "composable: call failed on rank(s) 1 of 2" in output, output
     assert output.count("test session starts") == 1, output
-    assert launch.returncode != 0
+    assert launched.returncode != 0
