@@ -27,6 +27,7 @@ import pytest
 from _pytest._code.code import ReprExceptionInfo
 
 from ._reports import crash_line, failure, merge_reports, passed, unserialize
+from ._stacks import in_torch_distributed, is_consequence, is_library
 
 __all__ = ["FailFast", "headline", "merge_gathered", "shut_down", "sockets"]
 
@@ -41,9 +42,6 @@ sooner; one that needs the failed rank never does)."""
 _GRACE = 3.0
 """After a rank's failure, how long another rank may stay inside the test at all (a
 ``work.wait()`` shows no ``torch.distributed`` frame) before the plugin ends its waits."""
-
-_PLUGIN_MODULES = ("torch", "_pytest", "pytest", "pluggy", "pytest_composable")
-"""Modules whose frames are left out of the stack shown for a waiting rank."""
 
 
 def sockets() -> dict[str, int]:
@@ -84,28 +82,23 @@ def shut_down(inodes: frozenset[str]) -> int:
 def _in_torch_distributed(frame: Any) -> bool:
     """Whether a thread's stack, from ``frame`` out, is inside a ``torch.distributed`` call."""
     while frame is not None:
-        if str(frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
+        if in_torch_distributed(frame):
             return True
         frame = frame.f_back
     return False
 
 
 def _user_frames(frame: Any) -> list[traceback.FrameSummary]:
-    """The stack from ``frame`` out, outermost first: the frames pytest called (the test,
-    its fixtures) and what they called, without torch's frames."""
+    """The user's frames of the stack from ``frame`` out, outermost first: the test, its
+    fixtures and helpers, as :func:`~._stacks.is_library` tells them from Python's,
+    installed packages' and this plugin's."""
     frames = []
     while frame is not None:
-        frames.append(frame)
+        if not is_library(frame.f_code.co_filename):
+            frames.append(frame)
         frame = frame.f_back
     frames.reverse()
-    kept: list[Any] = []
-    for each in frames:
-        module = str(each.f_globals.get("__name__", "")).partition(".")[0]
-        if module in _PLUGIN_MODULES and module != "torch":
-            kept = []  # the runner's frames: the user's start after the last of them
-        elif module != "torch":
-            kept.append(each)
-    return list(traceback.StackSummary.extract((f, f.f_lineno) for f in kept))
+    return list(traceback.StackSummary.extract((f, f.f_lineno) for f in frames))
 
 
 class _Ended(NamedTuple):
@@ -265,13 +258,12 @@ class FailFast:
         store = self.store()
         if test is None or test.item is not item or not report.failed or store is None:
             return report
-        import torch.distributed as dist
-
         ended = self.watcher.ended if self.watcher is not None else None
-        error = call.excinfo.value if call.excinfo is not None else None
-        dist_error = getattr(dist, "DistError", None)
+        excinfo = call.excinfo
+        # As on the plugin's own ranks: a wait the plugin ended, or an error of the kind
+        # another rank's failure causes.
         consequence = ended is not None or (
-            dist_error is not None and isinstance(error, dist_error)
+            excinfo is not None and is_consequence(excinfo.value, excinfo.tb)
         )
         with contextlib.suppress(Exception):
             order = int(store.add(test.order_key, 1))
@@ -325,7 +317,7 @@ def _root_cause(
 ) -> None:
     """The merged report's headline (its crash line: the short summary, ``--tb=line``,
     JUnit's message) is the rank that failed first on its own, not one whose failure
-    another rank's caused (a wait the plugin ended, a ``DistError``)."""
+    another rank's caused (a wait the plugin ended, :func:`~._stacks.is_consequence`)."""
     when = merged.when
     per_rank = {rank: r for rank, rs in reports.items() for r in rs if r.when == when}
     roots = [

@@ -10,7 +10,7 @@ first:
   in the order their failures reached the main process, and an error of the
   kind another rank's failure causes (a collective's timeout, abort or closed
   connection, as the rank judged from the error's type,
-  :func:`~._rank.is_consequence`) counts only where no rank failed on its own;
+  :func:`~._stacks.is_consequence`) counts only where no rank failed on its own;
 * its error is the headline (the short summary, ``--tb=line`` and the JUnit
   ``message``), followed by the rank: ``ValueError: boom (rank 1 of 2)``;
 * each rank that was ended shows where it was (``waiting in test_x (test_x.py:9)

@@ -374,10 +374,6 @@ class RankPool:
         self.last = nodeid
         return Lockstep(self, nodeid, next_id, timeout, pg_timeout).run()
 
-    def stack_dumps(self, late: Iterable[int]) -> str:
-        """Every rank's stack (the ``late`` ones' as what they run), for a report."""
-        return stack_dumps(self, late)
-
     def healthy(self, timeout: float) -> bool:
         """Whether every rank still passes a barrier within ``timeout`` seconds."""
         if not all(channel.send(Check(timeout)) for channel in self.channels.values()):
@@ -599,7 +595,7 @@ class Launcher:
             text = (
                 f"composable: interrupted in the main process: {error!r}; the ranks are "
                 "restarted for the next test. Python stacks of every rank:\n"
-                + pool.stack_dumps(range(key[0]))
+                + stack_dumps(pool, range(key[0]))
             )
             self.discard(key)
             return [passed(item, "setup"), failure(item, "call", text), passed(item, "teardown")]

@@ -44,7 +44,7 @@ from ._protocol import (
 )
 from ._reports import serialize
 from ._seed import seed_everything
-from ._stacks import is_library
+from ._stacks import is_consequence, is_library
 from .world import RankContext, forget_meshes
 
 __all__ = [
@@ -54,7 +54,6 @@ __all__ = [
     "RankInterrupt",
     "context",
     "install_stack_dump",
-    "is_consequence",
     "serve",
     "set_pg_timeout",
     "watch_parent",
@@ -318,28 +317,6 @@ def _interrupt_fails() -> Generator[None, None, None]:
         return (yield)
     except KeyboardInterrupt as error:
         raise RankInterrupt("KeyboardInterrupt raised inside the test on this rank") from error
-
-
-def is_consequence(error: BaseException, traceback_: TracebackType | None) -> bool:
-    """Whether ``error`` is of the kind another rank's failure causes, decided from its type
-    and where it was raised: one of torch's distributed errors (``DistError``: a backend,
-    network or store error), or a plain ``RuntimeError`` raised inside
-    ``torch.distributed`` (a collective's timeout, abort or closed connection, which the
-    backend raises as ``RuntimeError``). Anything else (a failed assertion, a
-    ``ValueError``, a misuse of a collective) is the rank's own failure."""
-    import torch.distributed as dist
-
-    distributed_error = getattr(dist, "DistError", None)
-    if distributed_error is not None and isinstance(error, distributed_error):
-        return True
-    if type(error) is not RuntimeError:
-        return False
-    tb = traceback_
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("torch.distributed"):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _drop_library_frames(excinfo: pytest.ExceptionInfo[BaseException]) -> None:

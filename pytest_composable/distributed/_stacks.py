@@ -1,4 +1,5 @@
-"""A rank's Python stack, as a report shows it (torch-free, pure).
+"""A rank's Python stack, as a report shows it, and what kind of error a rank's is
+(torch-free: torch is imported only to judge an error).
 
 When a test is cut short (a deadline, or another rank failed), the main process
 has each rank still running write its stacks with :mod:`faulthandler` (the only
@@ -19,10 +20,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from types import FrameType, TracebackType
 
 __all__ = [
     "Frame",
     "Thread",
+    "in_torch_distributed",
+    "is_consequence",
     "is_library",
     "own_frame",
     "parse_dump",
@@ -75,6 +79,33 @@ def is_library(path: str) -> bool:
     if path.startswith("<"):  # <frozen importlib._bootstrap>, <string>
         return True
     return os.path.realpath(path).startswith(_library_roots())
+
+
+def in_torch_distributed(frame: FrameType) -> bool:
+    """Whether ``frame`` runs code of ``torch.distributed`` (a collective, its wrappers)."""
+    return str(frame.f_globals.get("__name__", "")).startswith("torch.distributed")
+
+
+def is_consequence(error: BaseException, traceback_: TracebackType | None) -> bool:
+    """Whether ``error`` is of the kind another rank's failure causes, decided from its type
+    and where it was raised: one of torch's distributed errors (``DistError``: a backend,
+    network or store error), or a plain ``RuntimeError`` raised inside
+    ``torch.distributed`` (a collective's timeout, abort or closed connection, which the
+    backend raises as ``RuntimeError``). Anything else (a failed assertion, a
+    ``ValueError``, a misuse of a collective) is the rank's own failure."""
+    import torch.distributed as dist
+
+    distributed_error = getattr(dist, "DistError", None)
+    if distributed_error is not None and isinstance(error, distributed_error):
+        return True
+    if type(error) is not RuntimeError:
+        return False
+    tb = traceback_
+    while tb is not None:
+        if in_torch_distributed(tb.tb_frame):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def parse_dump(text: str) -> list[Thread]:
