@@ -10,6 +10,10 @@ Keywords, each optional:
   below every size the marker gives, a timeout is a number of seconds above 0 and at
   most ``MAX_TIMEOUT`` (one week), a backend one torch knows. These are checked on
   every test with the marker, whether or not it uses a world fixture.
+* ``mesh={"dp": 2, "tp": 2}`` or a list of such mappings: the named N-D device mesh of
+  the test's world, outermost dimension first (one size may be ``-1``, the rest of the
+  world); a list parametrizes the test, one item per mesh (:mod:`.distributed._mesh`).
+* ``dtypes=[...]``: the dtypes ``composable_dtype`` runs over (``float32``, ``bf16``...).
 
 A marker may sit on a test, a class or a module. For each keyword the closest
 marker that sets it wins (test over class over module), so a test can widen or
@@ -23,17 +27,19 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from ._dtypes import DtypeError, parse_dtype
 from ._text import shorten
 from .distributed._constants import MAX_TIMEOUT, MAX_WORLD_SIZE, TIMEOUT_RANGE
+from .distributed._mesh import MeshError, MeshLayout, parse_meshes
 
 __all__ = ["MARKER", "MARKER_HELP", "MarkerError", "MarkerOptions", "read_marker", "shown"]
 
 MARKER = "composable"
 MARKER_HELP = (
-    "composable(devices=[...], models=[...], world_size=N, rank=R, timeout=S, backend=B): "
-    "narrow the "
-    "devices and models a test runs on (intersection with the session's selection) and "
-    "choose its distributed world; the closest marker wins per keyword."
+    "composable(devices=[...], models=[...], dtypes=[...], world_size=N, rank=R, timeout=S, "
+    "backend=B, mesh={name: size, ...}): narrow the devices and models a test runs on "
+    "(intersection with the session's selection), choose its dtypes and its distributed "
+    "world and mesh; the closest marker wins per keyword."
 )
 
 
@@ -50,6 +56,8 @@ class MarkerOptions(NamedTuple):
     rank: int | None = None
     timeout: float | None = None
     backend: str | None = None
+    mesh: tuple[MeshLayout, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
 
 
 _KEYWORDS = MarkerOptions._fields
@@ -103,6 +111,19 @@ def _backend(value: Any) -> str:
         raise MarkerError(f"composable(backend=...): {error}") from None
 
 
+def _dtypes(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) or not isinstance(value, Iterable) else value
+    names: list[str] = []
+    for item in items:
+        try:
+            names.append(parse_dtype(item))
+        except DtypeError as error:
+            raise MarkerError(f"composable(dtypes=...): {error}") from None
+    if not names:
+        raise MarkerError("composable(dtypes=...) is empty")
+    return tuple(dict.fromkeys(names))
+
+
 def _timeout(value: Any) -> float:
     # No math.isfinite(): it converts to float, which a 400-digit int overflows. The
     # chained comparison refuses nan and inf as well.
@@ -127,6 +148,13 @@ def _convert(key: str, value: Any) -> Any:
         return _int(key, value, 0)
     if key == "backend":
         return _backend(value)
+    if key == "mesh":
+        try:
+            return parse_meshes(value)
+        except MeshError as error:
+            raise MarkerError(str(error)) from None
+    if key == "dtypes":
+        return _dtypes(value)
     return _timeout(value)
 
 

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .world import World, WorldError
+from ._mesh import MeshLayout
+from .world import World, WorldError, build_mesh
 
 if TYPE_CHECKING:
     import torch
@@ -58,15 +59,21 @@ def register_fake_backend() -> None:
 
 
 @contextmanager
-def fake_world(world_size: int, rank: int, device: torch.device, seed: int) -> Iterator[World]:
-    """Initialise the default process group on the fake backend, yield a :class:`World`.
+def fake_world(
+    world_size: int,
+    rank: int,
+    device: torch.device,
+    seed: int,
+    layout: MeshLayout | None = None,
+) -> Iterator[World]:
+    """Initialise the default process group on the fake backend, yield a :class:`World`
+    whose mesh has ``layout`` (resolved; ``None``: 1-D over the world).
 
     The group and mesh are destroyed on exit. A default group that already
     exists is an error: the fake world never replaces someone else's.
     """
     import torch.distributed as dist
     from torch._C._distributed_c10d import HashStore
-    from torch.distributed.device_mesh import init_device_mesh
 
     if not 0 <= rank < world_size:
         raise WorldError(f"composable: rank {rank} is outside a world of size {world_size}")
@@ -80,7 +87,7 @@ def fake_world(world_size: int, rank: int, device: torch.device, seed: int) -> I
     try:
         # A meta test builds its model on meta and shards it over a CPU mesh
         # (FSDP2's meta-device initialisation); meta has no mesh of its own.
-        mesh = init_device_mesh("cpu" if device.type == "meta" else device.type, (world_size,))
+        mesh = build_mesh("cpu" if device.type == "meta" else device.type, world_size, layout)
         yield World(rank, world_size, rank, device, _FAKE, mesh, fake=True, seed=seed)
     finally:
         dist.destroy_process_group()

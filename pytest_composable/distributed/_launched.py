@@ -51,7 +51,7 @@ from ._launched_groups import GroupRegistry, GroupSets, all_gather_bytes
 from ._launched_world import LaunchedWorld
 from ._policy import pg_timeout_for, timeout_of
 from ._reports import failure, passed, serialize
-from .world import RankContext
+from .world import RankContext, backend_for
 
 __all__ = ["GroupRegistry", "LaunchedSession", "all_gather_bytes"]
 
@@ -82,6 +82,18 @@ class LaunchedSession:
     def context(self) -> RankContext | None:
         """The launched world, once this rank has joined it."""
         return self.world.context
+
+    def backend_for(self, device_type: str) -> str:
+        """The backend this session's world uses for ``device_type`` tensors: what it
+        joined with, or before it joins, what it will join with (a marker's
+        ``backend=`` that equals it runs; another is skipped)."""
+        context = self.context
+        if context is not None and device_type in context.backends:
+            return context.backends[device_type]
+        import torch
+
+        backends = self.world.backends(torch.cuda.is_available())
+        return backends.get(device_type) or backend_for(device_type)
 
     def silence(self) -> None:
         """Only rank 0 prints; the others' failures reach it with each test."""

@@ -7,21 +7,28 @@ pool in the main process and the torchrun session, below all of them.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, NamedTuple
 
 import pytest
 
 from ..marker import MarkerError, read_marker, shown
-from ._constants import FAKE_FIXTURE, WORLD_FIXTURE
+from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
+from ._launch_env import detect_launch
+from ._mesh import MeshError, MeshLayout, layout_id, resolve, size_of
 from ._options import settings_of
 
 __all__ = [
     "PoolKey",
+    "WorldShape",
     "backend_of",
     "device_type_of",
+    "mesh_of",
     "pg_timeout_for",
     "pool_key",
     "rank_of",
+    "shape_ids",
+    "shapes_of",
     "sizes_of",
     "timeout_of",
     "world_size_of",
@@ -31,29 +38,100 @@ PoolKey = tuple[int, str, str]
 """A rank pool serves one (world size, device type, backend; "" for the device's default)."""
 
 
-def sizes_of(node: Any, config: pytest.Config) -> tuple[int, ...]:
-    """The world sizes ``node`` asks for: its marker's, else the session's default.
+class WorldShape(NamedTuple):
+    """One item of a world test: its world size and its mesh layout (``-1`` resolved;
+    ``None``: the plain 1-D mesh over every rank)."""
 
-    Raises :class:`MarkerError` for a bad marker (:func:`read_marker` checks its values,
-    sizes above :data:`MAX_WORLD_SIZE` included) and for a marker ``rank`` that is not
-    below every size, the session's default where the marker gives none.
+    world_size: int
+    mesh: MeshLayout | None
+
+
+def _default_world_size(config: pytest.Config) -> int:
+    """What a marker that gives no world size gets: the launched world's size under
+    torchrun, srun or mpirun, else the session's setting (a rank the plugin started
+    collects as its main process does, so it takes the setting too)."""
+    if RANK_ENV not in os.environ:
+        launch = detect_launch(os.environ)
+        if launch is not None:
+            return launch.world_size
+    return settings_of(config).world_size
+
+
+def shapes_of(node: Any, config: pytest.Config) -> list[WorldShape]:
+    """Every (world size, mesh) item ``node`` asks for, in marker order, each once.
+
+    World sizes are the marker's ``world_size=``, else, without ``mesh=``, the
+    session's (:func:`_default_world_size`). A mesh of fixed sizes needs the world
+    size they multiply to; a mesh with a ``-1`` is resolved against each of the
+    marker's world sizes, else the session's. Raises :class:`MarkerError` for a bad
+    marker, a mesh that does not fit a world size it is given, and a marker
+    ``rank`` that is not below every world size.
     """
     options = read_marker(node)
-    sizes = options.world_size or (settings_of(config).world_size,)
-    if options.rank is not None and options.rank >= min(sizes):
+    shapes: list[WorldShape] = []
+    try:
+        if options.mesh is None:
+            sizes = options.world_size or (settings_of(config).world_size,)
+            shapes = [WorldShape(size, None) for size in sizes]
+        elif options.world_size is not None:
+            shapes = [
+                WorldShape(size, resolve(layout, size))
+                for size in options.world_size
+                for layout in options.mesh
+            ]
+        else:
+            for layout in options.mesh:
+                size = size_of(layout) or _default_world_size(config)
+                shapes.append(WorldShape(size, resolve(layout, size)))
+    except MeshError as error:
+        raise MarkerError(str(error)) from None
+    shapes = list(dict.fromkeys(shapes))
+    smallest = min(shape.world_size for shape in shapes)
+    if options.rank is not None and options.rank >= smallest:
         raise MarkerError(
-            f"composable(rank={shown(options.rank)}) is not below world size {min(sizes)}"
+            f"composable(rank={shown(options.rank)}) is not below world size {smallest}"
         )
-    return sizes
+    return shapes
 
 
-def world_size_of(item: pytest.Item) -> int:
-    """The world size of one collected test (its ``ws<N>`` parameter, if it has one)."""
+def sizes_of(node: Any, config: pytest.Config) -> tuple[int, ...]:
+    """The world sizes ``node`` asks for (see :func:`shapes_of`), each once."""
+    return tuple(dict.fromkeys(shape.world_size for shape in shapes_of(node, config)))
+
+
+def shape_ids(node: Any, shapes: list[WorldShape]) -> list[str]:
+    """The id part of each shape: ``ws<N>`` where the marker lists several world sizes,
+    then the mesh (``dp2xtp2``) where it lists several meshes; ``-`` joins the two."""
+    options = read_marker(node)
+    several_sizes = len(set(options.world_size or ())) > 1
+    several_meshes = len(options.mesh or ()) > 1
+    ids = []
+    for shape in shapes:
+        parts = [f"ws{shape.world_size}"] if several_sizes or not several_meshes else []
+        if several_meshes and shape.mesh is not None:
+            parts.append(layout_id(shape.mesh))
+        ids.append("-".join(parts))
+    return ids
+
+
+def _shape(item: Any) -> WorldShape:
     callspec = getattr(item, "callspec", None)
     for name in (WORLD_FIXTURE, FAKE_FIXTURE):
         if callspec is not None and name in callspec.params:
-            return int(callspec.params[name])
-    return sizes_of(item, item.config)[0]
+            param = callspec.params[name]
+            if isinstance(param, WorldShape):
+                return param
+    return shapes_of(item, item.config)[0]
+
+
+def world_size_of(item: pytest.Item) -> int:
+    """The world size of one collected test (its own item's, where the marker lists several)."""
+    return _shape(item).world_size
+
+
+def mesh_of(item: Any) -> MeshLayout | None:
+    """The resolved mesh layout of one collected test, ``None`` for the 1-D mesh."""
+    return _shape(item).mesh
 
 
 def rank_of(node: Any) -> int:

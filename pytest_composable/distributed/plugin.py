@@ -28,10 +28,12 @@ from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
     PoolKey,
     device_type_of,
+    mesh_of,
     pg_timeout_for,
     pool_key,
     rank_of,
-    sizes_of,
+    shape_ids,
+    shapes_of,
     timeout_of,
     world_size_of,
 )
@@ -218,12 +220,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             pytrace=False,
         )
     try:
-        sizes = sizes_of(metafunc.definition, metafunc.config)
+        shapes = shapes_of(metafunc.definition, metafunc.config)
     except MarkerError as error:
         pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
-    if len(sizes) > 1:
-        unique = list(dict.fromkeys(sizes))
-        metafunc.parametrize(wanted[0], unique, ids=[f"ws{n}" for n in unique], indirect=True)
+    if len(shapes) > 1:
+        ids = shape_ids(metafunc.definition, shapes)
+        metafunc.parametrize(wanted[0], shapes, ids=ids, indirect=True)
 
 
 def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
@@ -240,12 +242,13 @@ def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
             f"{launched.world_size} ranks"
         )
     wanted = read_marker(item).backend
-    if launched is not None and wanted is not None and wanted != launched.backend:
-        return (
-            f"composable: needs backend {wanted}; this {launched.launch.launcher} session's "
-            f"worlds use {launched.backend or 'the default of each device'} "
-            "(--composable-backend)"
-        )
+    if launched is not None and wanted is not None:
+        has = launched.backend_for(device_type)
+        if wanted != has:
+            return (
+                f"composable: needs backend {wanted}; this {launched.launch.launcher} "
+                f"session's {device_type} worlds use {has} (--composable-backend)"
+            )
     if device_type != "cpu":
         # Each node's ranks use that node's devices: under a launcher, this node's
         # share of the world, not the whole world, must find a device each.
@@ -486,11 +489,17 @@ def _world_context(config: pytest.Config) -> RankContext | None:
 @pytest.fixture
 def composable_world(request: pytest.FixtureRequest, composable_device: torch.device) -> World:
     """This rank's :class:`~pytest_composable.World` (rank, world size, local rank,
-    device, backend, a 1-D ``DeviceMesh``); the test body runs on every rank.
+    device, backend, ``mesh``); the test body runs on every rank.
 
     World size: ``@pytest.mark.composable(world_size=N)`` (a list parametrizes,
-    ids ``ws2``, ``ws4``) > ``--composable-world-size`` >
-    ``PYTEST_COMPOSABLE_WORLD_SIZE`` > ini ``composable_world_size`` > 2.
+    ids ``ws2``, ``ws4``) > the sizes of ``mesh=`` > ``--composable-world-size`` >
+    ``PYTEST_COMPOSABLE_WORLD_SIZE`` > ini ``composable_world_size`` > 2; under
+    torchrun, srun or mpirun a test whose world size differs from the launched one
+    is skipped. Mesh: ``composable(mesh={"dp": 2, "tp": 2})`` gives ``world.mesh`` as
+    that named N-D ``DeviceMesh`` (outermost first; one size may be ``-1``, the
+    rest of the world; a list of mappings parametrizes, ids ``dp2xtp2``); its
+    sub-groups are made once per pool and kept for later tests of that layout.
+    Without ``mesh=``, a 1-D mesh over every rank.
     Every rank's global generators (torch, ``random``, numpy if importable) are
     seeded with ``composable_seed`` as the test starts, so ranks agree;
     ``World.seed_per_rank()`` gives each rank its own reproducible seed.
@@ -517,7 +526,7 @@ def composable_world(request: pytest.FixtureRequest, composable_device: torch.de
             "process is not one (is the plugin's runtest protocol disabled?)",
             pytrace=False,
         )
-    return make_world(context, composable_device, _seed(request.config))
+    return make_world(context, composable_device, _seed(request.config), mesh_of(request.node))
 
 
 @pytest.fixture
@@ -526,17 +535,20 @@ def composable_fake_world(
 ) -> Iterator[World]:
     """A fake world in this process: the default process group on torch's ``fake`` backend,
     as rank 0 (or the marker's ``rank=``) of ``world_size`` (as for ``composable_world``),
-    with a 1-D ``DeviceMesh`` on the test's device type; destroyed after the test.
+    with the marker's ``mesh=`` (else a 1-D ``DeviceMesh``) on the test's device type;
+    destroyed after the test.
     Collectives move no data. The process's global generators are seeded with
     ``composable_seed`` first."""
     from ._fake import fake_world
     from ._seed import seed_everything
     from .world import WorldError
 
-    world_size = int(getattr(request, "param", 0)) or sizes_of(request.node, request.config)[0]
+    world_size = world_size_of(request.node)
     seed = _seed(request.config)
     seed_everything(seed)
-    context = fake_world(world_size, rank_of(request.node), composable_device, seed)
+    context = fake_world(
+        world_size, rank_of(request.node), composable_device, seed, mesh_of(request.node)
+    )
     try:
         world = context.__enter__()
     except WorldError as error:

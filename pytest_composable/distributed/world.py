@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._mesh import MeshLayout
+
 if TYPE_CHECKING:
     import torch
     from torch.distributed.device_mesh import DeviceMesh
@@ -17,6 +19,8 @@ __all__ = [
     "World",
     "WorldError",
     "backend_for",
+    "build_mesh",
+    "cached_mesh",
     "forget_meshes",
     "make_world",
 ]
@@ -30,7 +34,9 @@ class WorldError(Exception):
 class World:
     """One rank's view of the process group a test runs in.
 
-    ``mesh`` is a 1-D ``DeviceMesh`` over every rank on ``device``'s type.
+    ``mesh`` is the test's ``DeviceMesh`` on ``device``'s type: the named N-D mesh of
+    its marker's ``mesh=`` (``world.mesh["dp_shard"]``, ``mesh_dim_names``), else a
+    1-D mesh over every rank.
     ``fake`` is true for the in-process fake world (one real process posing
     as ``rank`` of ``world_size``; collectives move no data). ``seed`` is the
     session's ``composable_seed``: every rank's global generators are seeded
@@ -98,19 +104,50 @@ class RankContext:
     group: Any = None  # the default process group as joined (to tell if a test replaced it)
 
 
-_meshes: dict[str, DeviceMesh] = {}
+_meshes: dict[tuple[str, MeshLayout | None], DeviceMesh] = {}
 
 
-def make_world(context: RankContext, device: torch.device, seed: int) -> World:
-    """The :class:`World` for a test on ``device`` (cuda becomes ``cuda:<local rank>``)."""
-    import torch
+def build_mesh(device_type: str, world_size: int, layout: MeshLayout | None) -> DeviceMesh:
+    """A ``DeviceMesh`` over the default group: named N-D for ``layout``, else 1-D."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    if layout is None:
+        return init_device_mesh(device_type, (world_size,))
+    names = tuple(name for name, _ in layout)
+    return init_device_mesh(device_type, tuple(size for _, size in layout), mesh_dim_names=names)
+
+
+def _alive(mesh: DeviceMesh) -> bool:
+    """Whether every sub-group of ``mesh`` still exists (a test may destroy one)."""
+    import torch.distributed as dist
+
+    groups = dist.distributed_c10d._world.pg_map
+    try:
+        return all(mesh.get_group(dim) in groups for dim in range(mesh.ndim))
+    except (RuntimeError, KeyError, ValueError):
+        return False
+
+
+def cached_mesh(device_type: str, world_size: int, layout: MeshLayout | None) -> DeviceMesh:
+    """The mesh of this layout, made on the first test that asks for it and kept for every
+    later one (its sub-groups are made once); made again where a test destroyed a group."""
+    key = (device_type, layout)
+    mesh = _meshes.get(key)
+    if mesh is None or not _alive(mesh):
+        mesh = _meshes[key] = build_mesh(device_type, world_size, layout)
+    return mesh
+
+
+def make_world(
+    context: RankContext, device: torch.device, seed: int, layout: MeshLayout | None = None
+) -> World:
+    """The :class:`World` for a test on ``device`` (cuda becomes ``cuda:<local rank>``),
+    with the mesh of ``layout`` (resolved; ``None``: 1-D)."""
+    import torch
 
     if device.type not in ("cpu", "meta"):
         device = torch.device(device.type, context.local_rank)
-    mesh = _meshes.get(device.type)
-    if mesh is None:
-        mesh = _meshes[device.type] = init_device_mesh(device.type, (context.world_size,))
+    mesh = cached_mesh(device.type, context.world_size, layout)
     backend = context.backends.get(device.type) or next(iter(context.backends.values()))
     return World(
         context.rank,

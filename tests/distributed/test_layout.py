@@ -27,13 +27,14 @@ DISTRIBUTED_LAYERS = [
     "distributed._fake",
     "distributed._protocol",
     "distributed._rank_args",
-    "distributed._launch_env",
     "distributed._reports",
     "distributed._stacks",
     "distributed._policy",
+    "distributed._launch_env",
     "distributed._options",
     "distributed.world",
     "distributed._seed",
+    "distributed._mesh",
     "distributed._constants",
 ]
 
