@@ -24,6 +24,7 @@ import pytest
 
 from ..marker import MarkerError, read_marker
 from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
+from ._mesh import layout_id
 from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
     PoolKey,
@@ -237,9 +238,11 @@ def _skip_reason(item: pytest.Item, config: pytest.Config) -> str | None:
     if device_type == "meta":
         return "composable: a real world needs a device with a process-group backend; meta has none"
     if launched is not None and world_size != launched.world_size:
+        mesh = mesh_of(item)
+        needs = "needs" if mesh is None else f"mesh {layout_id(mesh)} needs"
         return (
-            f"composable: needs world size {world_size}; {launched.launch.launcher} launched "
-            f"{launched.world_size} ranks"
+            f"composable: {needs} world size {world_size}; {launched.launch.launcher} "
+            f"launched {launched.world_size} ranks"
         )
     wanted = read_marker(item).backend
     if launched is not None and wanted is not None:
