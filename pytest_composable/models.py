@@ -31,11 +31,27 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from pytest_composable._mlp import MLP, MLPStack
+from pytest_composable._transformer import (
+    Attention,
+    FeedForward,
+    ModelArgs,
+    Transformer,
+    TransformerBlock,
+)
+
 __all__ = [
+    "MLP",
+    "Attention",
     "CompositeModel",
     "CompositeParamModel",
     "FakeSequential",
+    "FeedForward",
+    "MLPStack",
+    "ModelArgs",
     "NestedSequentialModel",
+    "Transformer",
+    "TransformerBlock",
     "UnitModule",
     "UnitParamModule",
 ]
