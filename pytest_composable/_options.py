@@ -7,20 +7,25 @@ from typing import NamedTuple
 
 import pytest
 
+from ._dtypes import DEFAULT_DTYPE, KNOWN, DtypeError, parse_dtypes
 from ._text import quote
 
 __all__ = [
     "DEVICE_ENV",
     "DEVICE_INI",
+    "DTYPE_ENV",
+    "DTYPE_INI",
     "GROUP",
     "GROUP_DESCRIPTION",
     "SEED_LIMIT",
     "DeviceSelection",
+    "DtypeSelection",
     "add_options",
     "ascii_digits",
     "decimal_value",
     "digits_value",
     "parse_seed",
+    "read_dtypes",
     "read_seed",
     "read_selection",
     "split_specs",
@@ -29,8 +34,10 @@ __all__ = [
 DEVICE_ENV = "PYTEST_COMPOSABLE_DEVICE"
 DEVICE_INI = "composable_device"
 DEVICE_INI_ALIAS = "composable_devices"
+DTYPE_ENV = "PYTEST_COMPOSABLE_DTYPE"
+DTYPE_INI = "composable_dtype"
 SEED_LIMIT = 2**64
-# The default of the device ini settings: "unset", as no ini value can hold a NUL
+# The default of the device and dtype ini settings: "unset", as no ini value can hold a NUL
 # character, so that an ini line with an empty value is told apart from no line.
 _UNSET = ["\0"]
 GROUP = "composable"
@@ -52,6 +59,21 @@ def add_options(parser: pytest.Parser) -> None:
             f"the {DEVICE_ENV} environment variable > the {DEVICE_INI} ini setting > "
             "the default (cpu, meta and the first device of each available accelerator type). "
             "A device this machine lacks is a usage error."
+        ),
+    )
+    group.addoption(
+        "--composable-dtype",
+        action="append",
+        dest="composable_dtype",
+        default=None,
+        metavar="DTYPE",
+        help=(
+            f"Dtype(s) a test that uses composable_dtype runs over, its models and inputs "
+            f"built in each: {KNOWN}. Repeatable; comma lists work. Precedence: a "
+            f"composable(dtypes=[...]) marker (what that test runs) > this option > the "
+            f"{DTYPE_ENV} environment variable > the {DTYPE_INI} ini setting > the default "
+            f"({DEFAULT_DTYPE}). Tests without composable_dtype keep {DEFAULT_DTYPE} models. "
+            "Any other dtype is a usage error."
         ),
     )
     group.addoption(
@@ -83,6 +105,16 @@ def add_options(parser: pytest.Parser) -> None:
         help=f"Old name of {DEVICE_INI}, still read; {DEVICE_INI} wins where both are set.",
     )
     parser.addini(
+        DTYPE_INI,
+        type="args",
+        default=_UNSET,
+        help=(
+            "Dtypes a test that uses composable_dtype runs over (as --composable-dtype, "
+            f"space or comma separated); overridden by {DTYPE_ENV} and --composable-dtype. "
+            f"Default: {DEFAULT_DTYPE}."
+        ),
+    )
+    parser.addini(
         "composable_seed",
         type="string",
         default="0",
@@ -109,25 +141,69 @@ def split_specs(values: list[str]) -> tuple[str, ...]:
     return tuple(p.strip() for v in values for p in v.replace(",", " ").split() if p.strip())
 
 
-def read_selection(config: pytest.Config) -> DeviceSelection:
-    """Device specs by precedence: CLI > environment > ini > default.
+class DtypeSelection(NamedTuple):
+    """The dtypes (torch's names) a ``composable_dtype`` test runs over, and their source."""
+
+    names: tuple[str, ...]
+    source: str  # "--composable-dtype", the env var name, "<name> ini" or "default"
+
+    @property
+    def is_default(self) -> bool:
+        return self.source == "default"
+
+
+def _read_source(
+    config: pytest.Config, dest: str, option: str, env: str, inis: tuple[str, ...]
+) -> tuple[tuple[str, ...], str] | None:
+    """The values of the first source that is set (CLI > environment > ini, the first
+    ini name of ``inis`` that is set), split as :func:`split_specs` does, and the
+    source's name; ``None`` where none is set.
 
     A source that is present but empty (``--composable-device=""``,
     ``PYTEST_COMPOSABLE_DEVICE=","``, ``composable_device =``) is kept, and so
-    becomes a usage error when resolved, rather than a silent fall-through to
+    becomes a usage error where it is read, rather than a silent fall-through to
     the next source.
     """
-    cli: list[str] | None = config.getoption("composable_device")
+    cli: list[str] | None = config.getoption(dest)
     if cli is not None:
-        return DeviceSelection(split_specs(cli), "--composable-device")
-    env = os.environ.get(DEVICE_ENV)
-    if env is not None:
-        return DeviceSelection(split_specs([env]), DEVICE_ENV)
-    for name in (DEVICE_INI, DEVICE_INI_ALIAS):
+        return split_specs(cli), option
+    value = os.environ.get(env)
+    if value is not None:
+        return split_specs([value]), env
+    for name in inis:
         ini: list[str] = config.getini(name)
         if ini != _UNSET:
-            return DeviceSelection(split_specs(ini), f"{name} ini")
-    return DeviceSelection((), "default")
+            return split_specs(ini), f"{name} ini"
+    return None
+
+
+def read_selection(config: pytest.Config) -> DeviceSelection:
+    """Device specs by precedence: CLI > environment > ini > default (an empty source is
+    kept: resolving it is the usage error)."""
+    found = _read_source(
+        config,
+        "composable_device",
+        "--composable-device",
+        DEVICE_ENV,
+        (DEVICE_INI, DEVICE_INI_ALIAS),
+    )
+    return DeviceSelection(*found) if found is not None else DeviceSelection((), "default")
+
+
+def read_dtypes(config: pytest.Config) -> DtypeSelection:
+    """Dtypes by precedence: CLI > environment > ini > ``float32``.
+
+    A bad or empty value is a usage error here, at configure, even in a suite that
+    never uses ``composable_dtype``.
+    """
+    found = _read_source(config, "composable_dtype", "--composable-dtype", DTYPE_ENV, (DTYPE_INI,))
+    if found is None:
+        return DtypeSelection((DEFAULT_DTYPE,), "default")
+    values, source = found
+    try:
+        return DtypeSelection(parse_dtypes(values), source)
+    except DtypeError as error:
+        raise pytest.UsageError(f"composable: {source}: {error}") from None
 
 
 def ascii_digits(text: str) -> bool:

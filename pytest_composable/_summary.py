@@ -1,7 +1,8 @@
-"""The outcome table at the end of the terminal summary: per device and per world size.
+"""The outcome tables at the end of the terminal summary: per device, world size and dtype.
 
-Shown when the session ran its composable tests on more than one device or
-world size, and hidden by ``-q``. Each test's device and world size are read
+Each table is shown when the session ran its composable tests on more than one
+device, world size or dtype, and all are hidden by ``-q``. Each test's device,
+world size and dtype (``composable_dtype``'s, where it uses it) are read
 where the test was collected and travel on its reports (as the attribute
 ``composable_key``), so the table also adds up under pytest-xdist, whose
 controller collects nothing. torch-free.
@@ -16,7 +17,7 @@ import pytest
 
 from .distributed._constants import FAKE_FIXTURE, WORLD_FIXTURE
 from .marker import MarkerError
-from .parametrize import DEVICE_FIXTURE
+from .parametrize import DEVICE_FIXTURE, DTYPE_FIXTURE
 
 __all__ = ["KeyTagger", "OutcomeSummary", "format_table", "key_of", "register"]
 
@@ -24,17 +25,25 @@ WORLD_FIXTURES = (WORLD_FIXTURE, FAKE_FIXTURE)
 _KEY = "composable_key"
 # Columns in the order pytest's own summary line uses; any other category follows.
 _ORDER = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+# A report's key: its device, world size and dtype, each None where it has none.
+Key = tuple[str | None, int | None, str | None]
+_NO_KEY: Key = (None, None, None)
 
 
-def key_of(item: pytest.Item) -> tuple[str | None, int | None]:
-    """The device and world size ``item`` runs with, each ``None`` where it has none."""
+def key_of(item: pytest.Item) -> Key:
+    """The device, world size and dtype ``item`` runs with, each ``None`` where it has none."""
     callspec = getattr(item, "callspec", None)
     params: dict[str, Any] = callspec.params if callspec is not None else {}
     device = params.get(DEVICE_FIXTURE)
     # A device the marker names but this machine lacks is a string spec, skipped:
     # it did not run, so it gets no row.
     ran = device is not None and not isinstance(device, str)
-    return (str(device) if ran else None), _world_size(item, params)
+    dtype = params.get(DTYPE_FIXTURE)
+    return (
+        (str(device) if ran else None),
+        _world_size(item, params),
+        None if dtype is None else str(dtype).removeprefix("torch."),
+    )
 
 
 def _world_size(item: pytest.Item, params: dict[str, Any]) -> int | None:
@@ -72,26 +81,25 @@ class OutcomeSummary:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.keys: dict[str, tuple[str | None, int | None]] = {}
+        self.keys: dict[str, Key] = {}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         for item in session.items:
             key = key_of(item)
-            if key != (None, None):
+            if key != _NO_KEY:
                 self.keys[item.nodeid] = key
 
-    def key(self, report: object) -> tuple[str | None, int | None] | None:
+    def key(self, report: object) -> Key | None:
         key = getattr(report, _KEY, None)
         if key is not None:
-            return key[0], key[1]
+            return key[0], key[1], key[2]
         return self.keys.get(getattr(report, "nodeid", ""))
 
-    def lines(self, stats: dict[str, list[Any]]) -> list[str]:
-        """The tables that have more than one row, from reports by category (the
-        terminal reporter's ``stats``; the empty category, a passed setup or
-        teardown, does not count: the call phase does)."""
-        devices: dict[str, Counter[str]] = {}
-        world_sizes: dict[str, Counter[str]] = {}
+    def tables(self, stats: dict[str, list[Any]]) -> dict[str, dict[str, Counter[str]]]:
+        """The tables that have more than one row, by title, from reports by category (the
+        terminal reporter's ``stats``; the empty category, a passed setup or teardown,
+        does not count: the call phase does)."""
+        tables: dict[str, dict[str, Counter[str]]] = {"device": {}, "world size": {}, "dtype": {}}
         for category, reports in stats.items():
             if not category:
                 continue
@@ -99,26 +107,30 @@ class OutcomeSummary:
                 key = self.key(report) if isinstance(report, pytest.TestReport) else None
                 if key is None:
                     continue
-                device, world_size = key
-                if device is not None:
-                    devices.setdefault(device, Counter())[category] += 1
-                if world_size is not None:
-                    world_sizes.setdefault(str(world_size), Counter())[category] += 1
-        lines: list[str] = []
-        for title, rows in (("device", devices), ("world size", world_sizes)):
-            if len(rows) > 1:
-                lines += format_table(title, rows)
-        return lines
+                for rows, value in zip(tables.values(), key, strict=True):
+                    if value is not None:
+                        rows.setdefault(str(value), Counter())[category] += 1
+        return {title: rows for title, rows in tables.items() if len(rows) > 1}
+
+    def lines(self, stats: dict[str, list[Any]]) -> list[str]:
+        """Every table of :meth:`tables`, formatted."""
+        return _formatted(self.tables(stats))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.config.get_verbosity() < 0:
             return
-        lines = self.lines(terminalreporter.stats)
-        if not lines:
+        tables = self.tables(terminalreporter.stats)
+        if not tables:
             return
-        terminalreporter.write_sep("-", "composable: outcomes per device and world size")
-        for line in lines:
+        # The title of the tables before dtypes existed, unless a dtype table is shown.
+        title = "device, world size and dtype" if "dtype" in tables else "device and world size"
+        terminalreporter.write_sep("-", f"composable: outcomes per {title}")
+        for line in _formatted(tables):
             terminalreporter.write_line(line)
+
+
+def _formatted(tables: dict[str, dict[str, Counter[str]]]) -> list[str]:
+    return [line for title, rows in tables.items() for line in format_table(title, rows)]
 
 
 class KeyTagger:

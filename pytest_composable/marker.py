@@ -13,7 +13,12 @@ Keywords, each optional:
 * ``mesh={"dp": 2, "tp": 2}`` or a list of such mappings: the named N-D device mesh of
   the test's world, outermost dimension first (one size may be ``-1``, the rest of the
   world); a list parametrizes the test, one item per mesh (:mod:`.distributed._mesh`).
-* ``dtypes=[...]``: the dtypes ``composable_dtype`` runs over (``float32``, ``bf16``...).
+* ``dtypes=[...]``: the dtypes ``composable_dtype`` runs over (``float32``, ``bf16``...):
+  what that test runs, whatever the session's selection (a dtype is a property of the
+  test, not of the machine; a device that cannot run one skips it).
+* ``cast_models=False``: the test's models and inputs stay ``float32`` and
+  ``composable_dtype`` is only the value under test (mixed precision: float32
+  storage, the compute dtype varies). Default ``True``.
 
 A marker may sit on a test, a class or a module. For each keyword the closest
 marker that sets it wins (test over class over module), so a test can widen or
@@ -36,10 +41,11 @@ __all__ = ["MARKER", "MARKER_HELP", "MarkerError", "MarkerOptions", "read_marker
 
 MARKER = "composable"
 MARKER_HELP = (
-    "composable(devices=[...], models=[...], dtypes=[...], world_size=N, rank=R, timeout=S, "
-    "backend=B, mesh={name: size, ...}): narrow the devices and models a test runs on "
-    "(intersection with the session's selection), choose its dtypes and its distributed "
-    "world and mesh; the closest marker wins per keyword."
+    "composable(devices=[...], models=[...], dtypes=[...], cast_models=True, world_size=N, "
+    "rank=R, timeout=S, backend=B, mesh={name: size, ...}): narrow the devices and models a "
+    "test runs on (intersection with the session's selection), choose its dtypes (these "
+    "replace the session's; cast_models=False keeps its models float32) and its "
+    "distributed world and mesh; the closest marker wins per keyword."
 )
 
 
@@ -58,6 +64,7 @@ class MarkerOptions(NamedTuple):
     backend: str | None = None
     mesh: tuple[MeshLayout, ...] | None = None
     dtypes: tuple[str, ...] | None = None
+    cast_models: bool | None = None
 
 
 _KEYWORDS = MarkerOptions._fields
@@ -155,6 +162,12 @@ def _convert(key: str, value: Any) -> Any:
             raise MarkerError(str(error)) from None
     if key == "dtypes":
         return _dtypes(value)
+    if key == "cast_models":
+        if not isinstance(value, bool):
+            raise MarkerError(
+                f"composable(cast_models=...) takes True or False, got {shown(value)}"
+            )
+        return value
     return _timeout(value)
 
 

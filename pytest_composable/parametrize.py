@@ -1,4 +1,4 @@
-"""How tests that use the composable fixtures are parametrized over devices and models.
+"""How tests that use the composable fixtures are parametrized over models, devices and dtypes.
 
 Only fixtures the plugin itself defines are parametrized: a test that
 parametrizes ``composable_device`` or ``composable_model_spec`` directly, or
@@ -11,6 +11,14 @@ each run, so the test runs over every model. In a test that names one built-in
 model fixture (``composite_model``...) and not ``composable_model``, it is that
 model's input, and the test is not run over the other models (its ids are the
 model fixture's, ``test_x[cpu]``). ``composable_input`` alone runs over every model.
+
+A test that asks for ``composable_dtype`` runs over the dtypes its marker's
+``dtypes=`` lists, or else the session's (``--composable-dtype``...): the marker
+replaces the session's selection rather than narrowing it, since which dtypes a test
+makes sense in (its tolerances, a mixed-precision recipe) is the test's own choice,
+not the machine's; a device that cannot run one skips it when the test sets up. The
+dtype id part follows the device's (``test_x[cpu-bfloat16]``). Tests that do not ask
+for it are not parametrized over dtypes and keep their ids.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_MODEL_FIXTURES",
     "DEVICE_FIXTURE",
+    "DTYPE_FIXTURE",
     "INPUT_FIXTURE",
     "MODEL_FIXTURE",
     "MODEL_SPEC_FIXTURE",
@@ -43,6 +52,7 @@ __all__ = [
 ]
 
 DEVICE_FIXTURE = "composable_device"
+DTYPE_FIXTURE = "composable_dtype"
 MODEL_SPEC_FIXTURE = "composable_model_spec"
 MODEL_FIXTURE = "composable_model"
 INPUT_FIXTURE = "composable_input"
@@ -98,14 +108,17 @@ def parametrize(
     state: ComposableState,
     device_fixture: Callable[..., Any],
     model_spec_fixture: Callable[..., Any],
+    dtype_fixture: Callable[..., Any],
 ) -> None:
-    """Parametrize ``metafunc`` over models (first id part) and devices (second)."""
+    """Parametrize ``metafunc`` over models (first id part), devices (second) and dtypes
+    (third), each where the test uses the plugin's own fixture for it."""
     wants_models = _ours(metafunc, MODEL_SPEC_FIXTURE, model_spec_fixture)
     wants_devices = _ours(metafunc, DEVICE_FIXTURE, device_fixture)
+    wants_dtypes = _ours(metafunc, DTYPE_FIXTURE, dtype_fixture)
     try:
         if wants_models and _input_follows_model_fixture(metafunc):
             wants_models = False
-        _apply(metafunc, state, wants_models, wants_devices)
+        _apply(metafunc, state, wants_models, wants_devices, wants_dtypes)
     except (MarkerError, InputError, pytest.UsageError) as error:
         message = f"{metafunc.definition.nodeid}: {error}"
     else:
@@ -154,7 +167,11 @@ def _own_argnames(metafunc: pytest.Metafunc) -> tuple[str, ...]:
 
 
 def _apply(
-    metafunc: pytest.Metafunc, state: ComposableState, wants_models: bool, wants_devices: bool
+    metafunc: pytest.Metafunc,
+    state: ComposableState,
+    wants_models: bool,
+    wants_devices: bool,
+    wants_dtypes: bool,
 ) -> None:
     options = read_marker(metafunc.definition)
     if options.rank is not None or options.world_size is not None:
@@ -170,6 +187,9 @@ def _apply(
     if wants_devices:
         params = _device_params(options, state, _world_of(metafunc))
         metafunc.parametrize(DEVICE_FIXTURE, params, indirect=True)
+    if wants_dtypes:
+        dtypes = list(options.dtypes if options.dtypes is not None else state.dtypes.names)
+        metafunc.parametrize(DTYPE_FIXTURE, dtypes, ids=dtypes, indirect=True)
 
 
 def _world_of(metafunc: pytest.Metafunc) -> str | None:

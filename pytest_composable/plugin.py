@@ -3,7 +3,8 @@
 Disable it with ``-p no:composable``. This module imports no torch: torch is
 imported only when a test uses one of the fixtures below or a device is named
 with ``--composable-device``, ``PYTEST_COMPOSABLE_DEVICE`` or the
-``composable_device`` ini setting.
+``composable_device`` ini setting (a dtype named with ``--composable-dtype`` and
+the like is checked by name, without torch).
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import _summary, hookspecs
+from ._dtypes import DtypeError, parse_dtype, to_torch
 from ._options import add_options
-from .marker import MARKER_HELP
-from .parametrize import DEVICE_FIXTURE, MODEL_SPEC_FIXTURE, input_model, parametrize
+from .marker import MARKER_HELP, read_marker
+from .parametrize import (
+    DEVICE_FIXTURE,
+    DTYPE_FIXTURE,
+    MODEL_SPEC_FIXTURE,
+    input_model,
+    parametrize,
+)
 from .state import STATE_KEY, ComposableState, state_of
 
 if TYPE_CHECKING:
@@ -59,7 +67,13 @@ def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    parametrize(metafunc, state_of(metafunc.config), composable_device, composable_model_spec)
+    parametrize(
+        metafunc,
+        state_of(metafunc.config),
+        composable_device,
+        composable_model_spec,
+        composable_dtype,
+    )
 
 
 def _param(request: pytest.FixtureRequest) -> Any:
@@ -83,6 +97,52 @@ def composable_device(request: pytest.FixtureRequest) -> torch.device:
     if param is None:
         return state_of(request.config).selected[0]
     return torch.device(param)
+
+
+@pytest.fixture
+def composable_dtype(request: pytest.FixtureRequest) -> torch.dtype:
+    """The floating ``torch.dtype`` this test runs in; the test runs once per selected dtype.
+
+    Selected with ``@pytest.mark.composable(dtypes=[...])`` (what that test runs: it
+    replaces the session's selection) > ``--composable-dtype`` >
+    ``PYTEST_COMPOSABLE_DTYPE`` > ini ``composable_dtype`` > ``float32``. Names:
+    float16 (fp16), bfloat16 (bf16), float32 (fp32), float64 (fp64). Ids follow the
+    device's: ``test_x[cpu-bfloat16]``. The test's model fixtures are built in it (the
+    float32 model, same values, then ``.to(dtype)``) and ``composable_input``'s
+    floating inputs are converted to it; with ``composable(cast_models=False)`` they
+    stay float32 (float32 storage, mixed precision: this is the compute dtype under
+    test). A device that cannot run the dtype skips the test, saying why. Tests that
+    do not name ``composable_dtype`` keep their ids and float32 models.
+    """
+    state = state_of(request.config)
+    param = _param(request)
+    if param is None:
+        param = (read_marker(request.node).dtypes or state.dtypes.names)[0]
+    name = str(param)
+    if DEVICE_FIXTURE in request.fixturenames:
+        import torch
+
+        device = torch.device(request.getfixturevalue(DEVICE_FIXTURE))
+        reason = state.dtype_skip(device, name)
+        if reason is not None:
+            pytest.skip(reason)
+    return to_torch(name)
+
+
+def _model_dtype(request: pytest.FixtureRequest) -> torch.dtype | None:
+    """The dtype the test's models and input are converted to: ``composable_dtype``'s,
+    where the test uses it (the plugin's or an override) and its marker does not say
+    ``cast_models=False``; ``None`` (float32, as built) otherwise."""
+    __tracebackhide__ = True
+    if DTYPE_FIXTURE not in request.fixturenames:
+        return None
+    if read_marker(request.node).cast_models is False:
+        return None
+    value = request.getfixturevalue(DTYPE_FIXTURE)
+    try:
+        return to_torch(parse_dtype(value))
+    except DtypeError as error:
+        pytest.fail(f"composable: {DTYPE_FIXTURE} gave {error}", pytrace=False)
 
 
 @pytest.fixture
@@ -117,7 +177,7 @@ def _build(request: pytest.FixtureRequest, spec: ModelSpec, device: torch.device
     __tracebackhide__ = True
     from .registry import build_model
 
-    return build_model(spec, device, state_of(request.config).seed)
+    return build_model(spec, device, state_of(request.config).seed, _model_dtype(request))
 
 
 @pytest.fixture
@@ -132,7 +192,8 @@ def composable_model(
     generator seeded with ``composable_seed`` and are then moved to the device,
     inside a forked generator: the test's own CPU RNG state, default dtype,
     default device, grad mode and deterministic-algorithms setting are the same
-    before and after.
+    before and after. In a test that uses ``composable_dtype`` the model is then
+    converted to that dtype (unless ``composable(cast_models=False)``).
     """
     __tracebackhide__ = True
     return _build(request, composable_model_spec, composable_device)
@@ -164,7 +225,8 @@ def composable_input(
     model fixture does. A test that names ``composable_input`` alone runs over every
     model. ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``
     (B is 4 unless the test chooses); same value rule as the models (seeded CPU
-    generator, then moved).
+    generator, then moved). In a test that uses ``composable_dtype`` a floating input
+    is in that dtype, as the model is (unless ``composable(cast_models=False)``).
     """
     __tracebackhide__ = True
     from .registry import build_input
@@ -184,7 +246,7 @@ def composable_input(
         name = input_model(request.fixturenames)
         if name is not None:
             spec = state.models(request.node)[name]
-    return build_input(spec, composable_device, state.seed, batch)
+    return build_input(spec, composable_device, state.seed, batch, _model_dtype(request))
 
 
 def _builtin_fixture(name: str, doc: str) -> Any:
@@ -197,7 +259,8 @@ def _builtin_fixture(name: str, doc: str) -> Any:
     fixture.__name__ = name
     fixture.__doc__ = doc + (
         " A fresh model per test on ``composable_device`` (the test runs once per "
-        "selected device), built from the CPU generator seeded with ``composable_seed``."
+        "selected device), built from the CPU generator seeded with ``composable_seed``; "
+        "in ``composable_dtype`` where the test uses it."
     )
     return pytest.fixture(name=name)(fixture)
 
@@ -227,6 +290,7 @@ __all__ = [
     "MODEL_SPEC_FIXTURE",
     "composable_batch_size",
     "composable_device",
+    "composable_dtype",
     "composable_input",
     "composable_model",
     "composable_model_spec",

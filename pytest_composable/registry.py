@@ -81,11 +81,15 @@ def _build_on(device: torch.device) -> torch.device:
     return device if device.type == "meta" else _CPU
 
 
-def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
+def build_model(
+    spec: ModelSpec, device: torch.device, seed: int, dtype: torch.dtype | None = None
+) -> nn.Module:
     """A fresh ``spec`` model on ``device`` whose values come from the CPU generator at ``seed``.
 
-    The test's generator state, default dtype, default device and grad mode
-    are the same afterwards.
+    With ``dtype``, the model as built (float32) is then converted: its floating
+    parameters and buffers (``nn.Module.to``), so it equals the float32 model
+    ``.to(dtype)`` exactly, on every device. The test's generator state, default
+    dtype, default device and grad mode are the same afterwards.
     """
     __tracebackhide__ = True  # a user's build() error should point at the user's code
     device = torch.device(device)
@@ -95,11 +99,15 @@ def build_model(spec: ModelSpec, device: torch.device, seed: int) -> nn.Module:
             raise RegistryError(
                 f"model {spec.name!r}: build() returned {model!r}, not an nn.Module"
             )
-        return model.to(device)
+        return model.to(device) if dtype is None else model.to(device=device, dtype=dtype)
 
 
-def build_input(spec: ModelSpec, device: torch.device, seed: int, batch: int) -> torch.Tensor:
-    """An input batch for ``spec`` on ``device``, under the same value rule as the model."""
+def build_input(
+    spec: ModelSpec, device: torch.device, seed: int, batch: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """An input batch for ``spec`` on ``device``, under the same value rule as the model;
+    with ``dtype``, a floating input is converted to it (an integer input, token ids
+    say, stays as it is)."""
     __tracebackhide__ = True
     device = torch.device(device)
     with _value_rule(seed):
@@ -108,4 +116,6 @@ def build_input(spec: ModelSpec, device: torch.device, seed: int, batch: int) ->
             raise RegistryError(
                 f"model {spec.name!r}: make_input() returned {batch_input!r}, not a Tensor"
             )
+        if dtype is not None and batch_input.is_floating_point():
+            return batch_input.to(device=device, dtype=dtype)
         return batch_input.to(device)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ._options import DeviceSelection, read_seed, read_selection
+from ._options import DeviceSelection, DtypeSelection, read_dtypes, read_seed, read_selection
 
 if TYPE_CHECKING:
     import torch
@@ -42,6 +42,9 @@ class ComposableState:
         self.config = config
         self.selection: DeviceSelection = read_selection(config)
         self.seed: int = read_seed(config)
+        self.dtypes: DtypeSelection = read_dtypes(config)
+        # Per device: why it cannot run each dtype (None: it can), probed once.
+        self._dtype_support: dict[str, dict[str, str | None]] = {}
         self._models: dict[Path, dict[str, ModelSpec]] = {}
         self._header_named_devices = False
         self.gpu_share: GpuShare | None = None  # set by discovery, under pytest-xdist
@@ -99,6 +102,24 @@ class ComposableState:
             self._models[path] = found
         return found
 
+    def dtype_skip(self, device: torch.device, dtype: str) -> str | None:
+        """Why ``device`` cannot run ``dtype`` (a skip reason), ``None`` where it can.
+
+        float32 is never asked about: every device runs the float32 models. Each device
+        is probed once per session, for every other dtype at once (:func:`._dtypes.probe`).
+        """
+        from . import _dtypes
+
+        if dtype == _dtypes.DEFAULT_DTYPE:
+            return None
+        key = str(device)
+        support = self._dtype_support.get(key)
+        if support is None:
+            others = [name for name in _dtypes.DTYPES if name != _dtypes.DEFAULT_DTYPE]
+            support = self._dtype_support[key] = _dtypes.probe(device, others)
+        reason = support.get(dtype)
+        return None if reason is None else f"composable: {key} cannot run {dtype}: {reason}"
+
     def is_resolved(self) -> bool:
         return "selection_ids" in self.__dict__
 
@@ -121,10 +142,13 @@ class ComposableState:
             devices = "cpu, meta and the first device of each available accelerator type"
         else:
             devices = ", ".join(self.selection.specs)
-        return [
+        line = (
             f"composable: torch {torch_version}, devices ({self.selection.source}): {devices}, "
             f"seed: {self.seed}"
-        ]
+        )
+        if not self.dtypes.is_default:
+            line += f", dtypes ({self.dtypes.source}): {', '.join(self.dtypes.names)}"
+        return [line]
 
     def collected(self, verbosity: int) -> list[str]:
         """The line after collection naming the devices the header could only describe."""
