@@ -259,16 +259,16 @@ def test_outcome_keys_and_counts_of_world_tests(pytester: pytest.Pytester) -> No
     items = pytester.getitems(OUTCOMES)
     keys = {item.name: key_of(item) for item in items}
     assert keys == {
-        "test_device[cpu]": ("cpu", None),
-        "test_device[meta]": ("meta", None),
-        "test_fake[cpu-ws2]": ("cpu", 2),
-        "test_fake[cpu-ws4]": ("cpu", 4),
-        "test_fake[meta-ws2]": ("meta", 2),
-        "test_fake[meta-ws4]": ("meta", 4),
-        "test_plain": (None, None),
+        "test_device[cpu]": ("cpu", None, None),
+        "test_device[meta]": ("meta", None, None),
+        "test_fake[cpu-ws2]": ("cpu", 2, None),
+        "test_fake[cpu-ws4]": ("cpu", 4, None),
+        "test_fake[meta-ws2]": ("meta", 2, None),
+        "test_fake[meta-ws4]": ("meta", 4, None),
+        "test_plain": (None, None, None),
     }
     summary = OutcomeSummary(items[0].config)
-    summary.keys = {item.nodeid: key for item in items if (key := keys[item.name]) != (None, None)}
+    summary.keys = {item.nodeid: key for item in items if (key := keys[item.name]) != (None, None, None)}
     stats: dict[str, list[object]] = {"passed": [], "failed": [], "": [], "deselected": [object()]}
     for item in items:
         outcome = "failed" if item.name == "test_fake[cpu-ws4]" else "passed"
