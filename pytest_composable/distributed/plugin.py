@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from ._protocol import RankSpec  # noqa: F401 - named in a StashKey string
     from .world import RankContext, World
 
-__all__ = ["composable_fake_world", "composable_world"]
+__all__ = ["composable_fake_world", "composable_shared_tmp_path", "composable_world"]
 
 _RANK_SPEC = pytest.StashKey["RankSpec"]()
 _LAUNCHER = pytest.StashKey["Launcher"]()
@@ -560,3 +561,24 @@ def composable_fake_world(
         yield world
     finally:
         context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def composable_shared_tmp_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """One directory every rank of the test's world sees: rank 0's ``tmp_path``, for
+    ``torch.distributed.checkpoint`` and other files the ranks share.
+
+    In a ``composable_world`` test rank 0 sends its path to the others (one small
+    broadcast through the world's CPU backend, as the test starts); ranks on other
+    nodes of a launched world see it only where the directory is on a shared
+    filesystem. Elsewhere (a fake world, a test without a world) it is the test's own
+    ``tmp_path``. Kept as pytest keeps ``tmp_path`` directories, by rank 0's session.
+    """
+    if _world_context(request.config) is None or not _uses_world(request.node):
+        return tmp_path
+    import torch
+    import torch.distributed as dist
+
+    shared = [str(tmp_path) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(shared, src=0, device=torch.device("cpu"))
+    return Path(str(shared[0]))
