@@ -29,6 +29,9 @@ from pytest_composable.models import UnitModule
 pytestmark = [
     pytest.mark.composable(devices=["cpu"]),
     pytest.mark.usefixtures("fsdp2_trains_on_cpu"),
+    # The row-wise layer returns a view of its all-reduced output; nothing here changes
+    # it in place, which is what this warning of torch's is about.
+    pytest.mark.filterwarnings("ignore:FSDP2-wrapped module"),
 ]
 
 HSDP = {"dp_replicate": 2, "dp_shard": -1}
@@ -122,9 +125,6 @@ def test_hsdp_on_a_fake_world_of_eight(
     assert weight.grad.placements == weight.placements
 
 
-# The row-wise layer's output is a view of its all-reduced result; nothing here changes
-# it in place, which is what torch's warning is about.
-@pytest.mark.filterwarnings("ignore:FSDP2-wrapped module")
 @pytest.mark.composable(mesh=FSDP_TP, world_size=8)
 def test_fsdp_tp_on_a_fake_world_of_eight(composable_fake_world: World) -> None:
     world = composable_fake_world
