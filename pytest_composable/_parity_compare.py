@@ -182,7 +182,7 @@ def describe_layout(dtensor: Any) -> str:
     mesh = dtensor.device_mesh
     names = mesh.mesh_dim_names or tuple(f"dim{i}" for i in range(mesh.ndim))
     shape = ", ".join(f"{name}={size}" for name, size in zip(names, mesh.shape, strict=True))
-    placements = ", ".join(str(p) for p in dtensor.placements)
+    placements = ", ".join(repr(p) for p in dtensor.placements)
     return f"mesh ({shape}) on {mesh.device_type}, placements ({placements})"
 
 
@@ -193,13 +193,13 @@ def _check_placements(placements: Sequence[Any]) -> None:
     if len(plain_dims) != len(set(plain_dims)):
         raise LayoutError(
             "shards one tensor dimension on two mesh dimensions with plain Shard placements "
-            f"({', '.join(str(p) for p in placements)}): FSDP lays such a parameter out right "
+            f"({', '.join(repr(p) for p in placements)}): FSDP lays such a parameter out right "
             "to left (strided, as with HSDP or FSDP + TP), which distribute_tensor() cannot "
             "reproduce, so its local shard cannot be compared; compare full_tensor() values"
         )
     if any(isinstance(p, Partial) for p in placements):
         raise LayoutError(
-            f"has a Partial placement ({', '.join(str(p) for p in placements)}): its local "
+            f"has a Partial placement ({', '.join(repr(p) for p in placements)}): its local "
             "value is one term of a sum over ranks, not comparable on one rank; redistribute "
             "it to Shard or Replicate first"
         )
