@@ -4,16 +4,20 @@ from __future__ import annotations
 
 __all__ = [
     "BACKEND_ENV",
+    "DEFAULT_MEMORY_LIMIT_MIB",
     "DEFAULT_TIMEOUT",
     "DEFAULT_WORLD_SIZE",
     "FAKE_FIXTURE",
+    "MAX_MEMORY_LIMIT_MIB",
     "MAX_TIMEOUT",
     "MAX_WORLD_SIZE",
+    "MEMORY_LIMIT_ENV",
     "MIN_START_TIMEOUT",
     "MIN_WARM_START_TIMEOUT",
     "RANK_ENV",
     "START_ENV",
     "START_MODES",
+    "THREADS_ENV",
     "TIMEOUT_ENV",
     "TIMEOUT_RANGE",
     "WORLD_FIXTURE",
@@ -59,3 +63,16 @@ WORLD_SIZE_ENV = "PYTEST_COMPOSABLE_WORLD_SIZE"
 START_ENV = "PYTEST_COMPOSABLE_START"
 START_MODES = ("warm", "cold")
 """How rank processes start; the first is the default."""
+
+MEMORY_LIMIT_ENV = "PYTEST_COMPOSABLE_RANK_MEMORY_LIMIT"
+DEFAULT_MEMORY_LIMIT_MIB = 4096
+"""How far a kept rank's memory (resident set; allocated accelerator memory) may grow since its
+pool started before the pool is started again for the next test, in MiB: well above what
+importing and first running torch's distributed code adds (some hundreds of MiB), so that
+only a test that keeps memory alive (a tensor in a global, a cache) recycles a pool."""
+MAX_MEMORY_LIMIT_MIB = 2**30
+"""The largest limit accepted (1 PiB): a bound, so that the value is a number, not a digit
+string of any length."""
+THREADS_ENV = "OMP_NUM_THREADS"
+"""Where a user chooses the ranks' intra-op thread count (OpenMP's own variable, which torch
+reads): set, it is passed to the ranks as it is; unset, the plugin chooses."""

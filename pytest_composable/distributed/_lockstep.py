@@ -198,6 +198,7 @@ class Lockstep:
         del self.waiting[channel]
         if isinstance(message, Done):
             result.reports = [unserialize(self.pool.config, d) for d in message.reports]
+            result.memory = message.memory
             self.usable = self.usable and message.intact
         elif isinstance(message, Missing):
             self._failed(rank)

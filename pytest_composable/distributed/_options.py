@@ -1,7 +1,8 @@
 """The distributed options and ini settings, read with their precedence and checked (torch-free).
 
-``--composable-world-size``, ``--composable-timeout``, ``--composable-backend`` and
-``--composable-start`` each have an environment variable and an ini setting.
+``--composable-world-size``, ``--composable-timeout``, ``--composable-backend``,
+``--composable-start`` and ``--composable-rank-memory-limit`` each have an environment
+variable and an ini setting.
 Precedence, for each one: the command line > the environment variable > the ini
 setting > the default.
 A value from any source is checked at configure time: a bad one is a usage
@@ -21,10 +22,13 @@ from .._options import GROUP, GROUP_DESCRIPTION, ascii_digits, decimal_value, di
 from .._text import quote, shorten
 from ._constants import (
     BACKEND_ENV,
+    DEFAULT_MEMORY_LIMIT_MIB,
     DEFAULT_TIMEOUT,
     DEFAULT_WORLD_SIZE,
+    MAX_MEMORY_LIMIT_MIB,
     MAX_TIMEOUT,
     MAX_WORLD_SIZE,
+    MEMORY_LIMIT_ENV,
     START_ENV,
     START_MODES,
     TIMEOUT_ENV,
@@ -38,6 +42,7 @@ __all__ = [
     "add_options",
     "known_backends",
     "parse_backend",
+    "parse_memory_limit",
     "parse_start",
     "parse_timeout",
     "parse_world_size",
@@ -51,6 +56,11 @@ _WORLD_SIZE_INI = "composable_world_size"
 _TIMEOUT_INI = "composable_timeout"
 _BACKEND_INI = "composable_backend"
 _START_INI = "composable_start"
+_MEMORY_LIMIT_INI = "composable_rank_memory_limit"
+_MEMORY_LIMIT_FORM = (
+    "a whole number of MiB in the digits 0-9, optionally followed by MiB or GiB "
+    f"(512, 512MiB, 4GiB; at most {MAX_MEMORY_LIMIT_MIB} MiB), or off"
+)
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -108,6 +118,31 @@ def add_options(parser: pytest.Parser) -> None:
             "everything itself. warm falls back to cold, saying why, where forking is unsafe "
             f"(threads, an initialised accelerator). Precedence: this option > {START_ENV} > "
             f"the {_START_INI} ini setting > warm."
+        ),
+    )
+    group.addoption(
+        "--composable-rank-memory-limit",
+        default=None,
+        dest="composable_rank_memory_limit",
+        metavar="SIZE",
+        help=(
+            "How much a kept rank's memory (its resident set size; allocated accelerator "
+            "memory, where it has an accelerator) may grow since its pool started: past it, "
+            "the pool's ranks are started again before the next test, and the terminal "
+            f"summary says so. {_MEMORY_LIMIT_FORM[0].upper()}{_MEMORY_LIMIT_FORM[1:]}. "
+            f"Precedence: this option > {MEMORY_LIMIT_ENV} > the {_MEMORY_LIMIT_INI} ini "
+            f"setting > {DEFAULT_MEMORY_LIMIT_MIB}MiB. Plain pytest only (a launcher's ranks "
+            "are never restarted)."
+        ),
+    )
+    parser.addini(
+        _MEMORY_LIMIT_INI,
+        type="string",
+        default="",
+        help=(
+            f"How much a kept rank's memory may grow before its pool restarts (default "
+            f"{DEFAULT_MEMORY_LIMIT_MIB}MiB; off: never); {MEMORY_LIMIT_ENV} and "
+            "--composable-rank-memory-limit win."
         ),
     )
     parser.addini(
@@ -216,14 +251,35 @@ def parse_start(raw: str) -> str:
     return value
 
 
+_UNITS = {"": 1, "mib": 1, "gib": 1024}
+
+
+def parse_memory_limit(raw: str) -> int | None:
+    """A rank memory limit from text, in MiB (``None``: ``off``, no limit): a whole number
+    of MiB from 1 in the digits 0-9, optionally followed by ``MiB`` or ``GiB`` (either
+    case), at most :data:`MAX_MEMORY_LIMIT_MIB`; ``ValueError`` otherwise."""
+    text = raw.strip()
+    if text.lower() == "off":
+        return None
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = _UNITS.get(text[len(digits) :].lower())
+    if unit is None or not ascii_digits(digits):
+        raise ValueError(f"{quote(raw)} is not {_MEMORY_LIMIT_FORM}")
+    value = digits_value(digits, MAX_MEMORY_LIMIT_MIB // unit)
+    if value is None or value < 1:
+        raise ValueError(f"{quote(raw)} is outside 1..{MAX_MEMORY_LIMIT_MIB} MiB")
+    return value * unit
+
+
 class DistributedSettings(NamedTuple):
-    """The session's default world size, deadline, backend and rank start mode, after
-    precedence and checks."""
+    """The session's default world size, deadline, backend, rank start mode and rank memory
+    limit (MiB; ``None``: off), after precedence and checks."""
 
     world_size: int
     timeout: float
     backend: str | None = None  # None: the default for each device type
     start: str = START_MODES[0]
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT_MIB
 
 
 def _pick(config: pytest.Config, option: str, env: str, ini: str) -> tuple[str, str] | None:
@@ -274,11 +330,21 @@ def read_settings(config: pytest.Config) -> DistributedSettings:
         config, "--composable-backend", BACKEND_ENV, _BACKEND_INI, parse_backend, "backend"
     )
     start = _read(config, "--composable-start", START_ENV, _START_INI, parse_start, "start mode")
+    # parse_memory_limit's None ("off") is a value: kept apart from "not set".
+    memory_limit = _read(
+        config,
+        "--composable-rank-memory-limit",
+        MEMORY_LIMIT_ENV,
+        _MEMORY_LIMIT_INI,
+        lambda raw: (parse_memory_limit(raw),),
+        "rank memory limit",
+    )
     return DistributedSettings(
         DEFAULT_WORLD_SIZE if world_size is None else world_size,
         DEFAULT_TIMEOUT if timeout is None else timeout,
         backend,
         START_MODES[0] if start is None else start,
+        DEFAULT_MEMORY_LIMIT_MIB if memory_limit is None else memory_limit[0],
     )
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pytest
 from _pytest._code.code import ReprFileLocation
 
+from ._protocol import Memory
 from ._reports import crash_line, failure, merge_reports, passed
 from ._stacks import summarize
 
@@ -47,6 +48,7 @@ class RankResult:
     stack: str | None = None
     timed_out: float | None = None
     output: str = ""  # what an ended rank printed during the test (its log)
+    memory: Memory | None = None  # the rank's memory once the test was over (Done)
 
 
 def _bar(title: str) -> str:

@@ -57,10 +57,12 @@ from typing import Protocol
 import pytest
 
 from . import _supervise
-from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV
+from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV, THREADS_ENV
 from ._fork_safety import unsafe_reason
+from ._hygiene import grown, rank_threads, usable_cores
 from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
 from ._lockstep import tail as _tail
+from ._options import settings_of
 from ._outcome import RankResult, compose
 from ._policy import PoolKey
 from ._protocol import (
@@ -69,6 +71,7 @@ from ._protocol import (
     Checked,
     Crash,
     Joining,
+    Memory,
     RankSpec,
     Ready,
     Stop,
@@ -84,6 +87,8 @@ _LOCK = "lock"
 _STALE_AFTER = 60.0  # a directory younger than this may still be taking its lock
 _STOP_WAIT = 10.0
 _JOIN_GRACE = 5.0
+_MIB = 2**20
+_NOTES_OUTPUT = "composable_rank_notes"  # a pytest-xdist worker's notes, for its controller
 
 # The reaper: reads its stdin until the main process's end of the pipe closes, then
 # asks each rank's supervisor to end its rank and all the rank started (SIGTERM, as
@@ -171,6 +176,12 @@ class RankPool:
     The constructor spawns them (forks them from ``template``, if given); :meth:`start`
     waits until they joined. On any error or interruption while doing either,
     everything is killed and removed.
+
+    Each rank gets ``max(1, usable cores // world_size)`` intra-op threads
+    (:func:`~._hygiene.rank_threads`: ``OMP_NUM_THREADS`` in its environment, which a cold
+    rank's torch reads at import, and in its spec, which a warm rank applies) unless the
+    user set ``OMP_NUM_THREADS``. After each test the ranks report their memory; past the
+    session's rank memory limit, :attr:`recycle` says why the pool must start again.
     """
 
     def __init__(
@@ -189,6 +200,13 @@ class RankPool:
         # The timeout the ranks' group is made with, where it cannot be changed later.
         self.pg_timeout = pg_timeout
         self.template = template
+        # Every rank of the pool runs on this machine.
+        self.threads = rank_threads(os.environ, world_size)
+        limit = settings_of(config).memory_limit
+        self.memory_limit = None if limit is None else limit * _MIB  # bytes of growth
+        self.joined: dict[int, Memory] = {}  # each rank's memory as it joined (Ready)
+        self.rank_threads: dict[int, int] = {}  # each rank's intra-op threads then (Ready)
+        self.recycle: str | None = None  # why the pool must start again before its next test
         self.procs: list[RankProcess] = []
         self.channels: dict[int, Channel] = {}
         self.reaper: subprocess.Popen[bytes] | None = None
@@ -241,20 +259,21 @@ class RankPool:
                 pg_timeout=pg_timeout,
                 parent_pid=os.getpid() if self.template is None else self.template.pid,
                 stack_file=str(self.stacks(rank)),
+                threads=self.threads,
+                memory_limit=self.memory_limit,
             )
-            env = rank_environment(
-                os.environ,
-                {
-                    RANK_ENV: spec.to_env(),
-                    "RANK": str(rank),
-                    "LOCAL_RANK": str(rank),
-                    "WORLD_SIZE": str(self.world_size),
-                    "LOCAL_WORLD_SIZE": str(self.world_size),
-                    "PYTHONUNBUFFERED": "1",
-                },
-                self.directory,
-                rank,
-            )
+            extra = {
+                RANK_ENV: spec.to_env(),
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_WORLD_SIZE": str(self.world_size),
+                "PYTHONUNBUFFERED": "1",
+            }
+            if self.threads is not None:
+                # Read by a cold rank's torch as it is imported, and by what a rank starts.
+                extra[THREADS_ENV] = str(self.threads)
+            env = rank_environment(os.environ, extra, self.directory, rank)
             (self.directory / f"rank{rank}").mkdir()
             args = rank_arguments(_rank_options(self.config), self.directory, rank)
             with open(self.log(rank), "wb") as log:
@@ -327,6 +346,9 @@ class RankPool:
                     joining.add(rank)
                     continue
                 del waiting[channel]
+                if isinstance(message, Ready):
+                    self.joined[rank] = message.memory
+                    self.rank_threads[rank] = message.threads
                 if not isinstance(message, Ready):
                     detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
                     exit_text = describe_exit(self.wait_exit(rank))
@@ -373,6 +395,28 @@ class RankPool:
         whether the pool is still usable."""
         self.last = nodeid
         return Lockstep(self, nodeid, next_id, timeout, pg_timeout).run()
+
+    def over_limit(self, results: dict[int, RankResult]) -> str | None:
+        """Why the pool must start again before its next test: the rank whose memory grew
+        the most since it joined, if that is past the limit; ``None`` otherwise."""
+        if self.memory_limit is None:
+            return None
+        growth = {
+            rank: grown(result.memory, self.joined[rank])
+            for rank, result in results.items()
+            if result.memory is not None and rank in self.joined
+        }
+        rank = max(growth, key=lambda r: growth[r], default=None)
+        if rank is None or growth[rank] <= self.memory_limit:
+            return None
+        memory, joined = results[rank].memory, self.joined[rank]
+        assert memory is not None
+        kind = "resident set" if memory.rss - joined.rss >= growth[rank] else "accelerator memory"
+        return (
+            f"rank {rank}'s {kind} grew by {growth[rank] / _MIB:.0f} MiB since the pool "
+            f"started, past the rank memory limit of {self.memory_limit // _MIB} MiB "
+            "(--composable-rank-memory-limit)"
+        )
 
     def healthy(self, timeout: float) -> bool:
         """Whether every rank still passes a barrier within ``timeout`` seconds."""
@@ -482,6 +526,11 @@ class Launcher:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.pools: dict[PoolKey, RankPool] = {}  # one at a time (see run_item)
+        # What the terminal summary says of the ranks: their pools restarted for memory
+        # (one line each), and their intra-op threads by world size.
+        self.recycled: list[str] = []
+        self.threads: dict[int, set[int]] = {}
+        config.pluginmanager.register(_Notes(self), f"composable.rank_notes.{id(self)}")
         self.swept = False
         # Teardown errors of pools closed before the plugin planned to (to change the
         # timeout, or for another pool under pytest-xdist), for the session's end.
@@ -550,6 +599,7 @@ class Launcher:
             )
             pool.start(start_timeout)
             self.pools[key] = pool
+            self.threads.setdefault(pool.world_size, set()).update(pool.rank_threads.values())
         return pool
 
     def run_item(
@@ -575,7 +625,16 @@ class Launcher:
         if pool is not None and problem is not None:
             self.discard(key)
             return [failure(item, "setup", problem), passed(item, "teardown")]
-        if pool is not None and pool.pg_timeout not in (None, pg_timeout):
+        if pool is not None and pool.recycle is not None:
+            # A rank kept memory past the limit: new ranks serve this test.
+            self.recycled.append(
+                f"composable: restarted the {key[0]} ranks on {key[1]} before "
+                f"{item.nodeid}: {pool.recycle}"
+            )
+            problem = self.finish(key)
+            if problem is not None:
+                self.problems.append(problem)
+        elif pool is not None and pool.pg_timeout not in (None, pg_timeout):
             # Ranks whose group keeps another test's timeout would cut a longer test's
             # slow collective short, or leave a shorter test's lost one to the deadline:
             # they end their fixtures and new ones join with this test's timeout.
@@ -609,6 +668,8 @@ class Launcher:
             usable = pool.healthy(min(pg_timeout, 5.0))
         if not usable:
             self.discard(key)
+        else:
+            pool.recycle = pool.over_limit(results)
         return reports
 
     def _merge(
@@ -643,3 +704,40 @@ class Launcher:
                 problems.append(problem)
         self.retire_template()
         return problems
+
+
+class _Notes:
+    """The terminal summary's lines about the ranks (registered by :class:`Launcher`): each
+    pool restarted because a rank's memory grew past the limit, always, and the ranks'
+    intra-op thread counts, unless ``-q``. A pytest-xdist worker hands them to its
+    controller instead (in its ``workeroutput``)."""
+
+    def __init__(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+
+    def lines(self, verbosity: int) -> list[str]:
+        lines = list(self.launcher.recycled)
+        threads = self.launcher.threads
+        if threads and verbosity >= 0:
+            counts = ", ".join(
+                f"{'/'.join(str(n) for n in sorted(found))} in worlds of {size}"
+                for size, found in sorted(threads.items())
+            )
+            user = os.environ.get(THREADS_ENV)
+            how = (
+                f"{THREADS_ENV}={user} from the environment"
+                if user is not None
+                else f"max(1, {usable_cores()} usable cores // ranks) unless the session set "
+                f"its own; {THREADS_ENV} chooses another"
+            )
+            lines.append(f"composable: intra-op threads per rank: {counts} ({how})")
+        return lines
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if isinstance(workeroutput, dict):
+            workeroutput[_NOTES_OUTPUT] = self.lines(0)
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for line in self.lines(terminalreporter.config.get_verbosity()):
+            terminalreporter.write_line(line)

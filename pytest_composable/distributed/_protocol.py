@@ -44,6 +44,7 @@ __all__ = [
     "Fork",
     "Forked",
     "Joining",
+    "Memory",
     "Message",
     "Missing",
     "ProtocolError",
@@ -71,6 +72,13 @@ class RankSpec:
     # Where the group cannot be retimed once made (torch 2.6): the timeout to make it
     # with, after the ranks met in the store within join_timeout.
     pg_timeout: float | None = None
+    # The intra-op thread count the plugin chose for the rank (None: the user's choice,
+    # OMP_NUM_THREADS, stands); set before the rank's session configures, so that a
+    # conftest's own torch.set_num_threads still wins.
+    threads: int | None = None
+    # How far the rank's memory may grow since it joined (bytes; None: no limit). Past it,
+    # the rank collects garbage and hands freed heap back before it measures for Done.
+    memory_limit: int | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -114,6 +122,15 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """A rank's memory, in bytes: its resident set size, and the memory allocated on its
+    accelerator (0 without one)."""
+
+    rss: int
+    accelerator: int = 0
+
+
+@dataclass(frozen=True)
 class Joining:
     """The rank has collected its tests and is entering the rendezvous."""
 
@@ -122,10 +139,13 @@ class Joining:
 
 @dataclass(frozen=True)
 class Ready:
-    """The rank joined the world."""
+    """The rank joined the world. ``memory``: its memory then, which later growth is measured
+    from; ``threads``: its intra-op thread count then (torch's, after the session configured)."""
 
     rank: int
     pid: int
+    memory: Memory = Memory(0)
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,10 +165,13 @@ class Failing:
 @dataclass(frozen=True)
 class Done:
     """The serialized reports of one :class:`Run` (none after a :class:`Stop`); ``intact``:
-    the default process group is still the one the rank joined (a test may destroy it)."""
+    the default process group is still the one the rank joined (a test may destroy it);
+    ``memory``: the rank's memory once the test was over and its state restored (``None``
+    after a :class:`Stop`)."""
 
     reports: list[dict[str, Any]]
     intact: bool
+    memory: Memory | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ session's own arguments>`` with :data:`~._constants.RANK_ENV` holding its
 :class:`~._protocol.RankSpec`. The rank collects the same tests, joins the
 process group once (a ``FileStore`` in the pool's private directory: no port
 is ever chosen), then runs the items the main process names, one at a time,
-with pytest's own ``runtestprotocol``, and sends the reports back.
+with pytest's own ``runtestprotocol``, and sends the reports back. After each
+test it undoes what the test changed in the process (:mod:`._hygiene`) and
+reports its memory, from which the main process decides whether the pool
+must start again.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import pytest
 
 from ..state import state_of
 from ._constants import WORLD_FIXTURE
+from ._hygiene import Hygiene, measure
 from ._protocol import (
     Channel,
     Check,
@@ -64,6 +68,7 @@ _PR_SET_PDEATHSIG = 1
 _context: RankContext | None = None
 _stack_file: IO[str] | None = None
 _channel: Channel | None = None  # to the main process, while serve() runs
+_hygiene: Hygiene | None = None  # this rank's state between tests, while serve() runs
 
 
 class RankInterrupt(Exception):
@@ -167,7 +172,9 @@ def set_pg_timeout(seconds: float) -> None:
     _current_pg_timeout = seconds
 
 
-def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Done | Missing:
+def _run(
+    session: pytest.Session, items: dict[str, pytest.Item], run: Run, spec: RankSpec
+) -> Done | Missing:
     from _pytest.runner import runtestprotocol
 
     item = items.get(run.nodeid)
@@ -180,7 +187,14 @@ def _run(session: pytest.Session, items: dict[str, pytest.Item], run: Run) -> Do
     seed_everything(state_of(session.config).seed)
     reports = runtestprotocol(item, nextitem=nextitem, log=False)
     assert _context is not None
-    return Done([serialize(session.config, r) for r in reports], intact=_intact(_context))
+    assert _hygiene is not None
+    intact = _intact(_context)
+    _hygiene.clean()
+    return Done(
+        [serialize(session.config, r) for r in reports],
+        intact=intact,
+        memory=_hygiene.memory(spec.memory_limit),
+    )
 
 
 def _healthy(timeout: float) -> bool:
@@ -217,7 +231,7 @@ def _finish(session: pytest.Session) -> str | None:
 
 def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
     """Join the world, then run what the main process asks for until it says stop."""
-    global _context, _channel
+    global _context, _channel, _hygiene
     channel = _channel = Channel(socket.socket(fileno=control_fd))
     channel.send(Joining(spec.rank))
     try:
@@ -225,7 +239,15 @@ def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
     except Exception:
         channel.send(Crash(traceback.format_exc(), "join"))
         _exit(1)
-    channel.send(Ready(spec.rank, os.getpid()))
+    import torch
+
+    hygiene = _hygiene = Hygiene(spec.device_type)
+    session.config.pluginmanager.register(hygiene, "composable.rank_hygiene")
+    # What every test starts from: the session has configured and collected (a conftest's
+    # own settings are in it) and the rank has joined.
+    hygiene.start()
+    hygiene.joined = measure(spec.device_type)
+    channel.send(Ready(spec.rank, os.getpid(), hygiene.joined, torch.get_num_threads()))
     items = {item.nodeid: item for item in session.items}
     while True:
         message = channel.recv()
@@ -242,7 +264,7 @@ def serve(session: pytest.Session, spec: RankSpec, control_fd: int) -> None:
             channel.send(Crash(f"unexpected message {message!r}", "serve"))
             _exit(3)
         try:
-            reply = _run(session, items, message)
+            reply = _run(session, items, message, spec)
         except BaseException:
             channel.send(Crash(traceback.format_exc(), "test"))
             _exit(3)

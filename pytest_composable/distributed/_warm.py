@@ -19,7 +19,8 @@ warm rank skips the imports:
   (:mod:`._supervise`: its own session and process group, a child subreaper
   that ends whatever the rank started), which forks the rank; the rank dies
   with its supervisor, points its stdio at the log,
-  takes that environment, re-seeds its random generators and runs
+  takes that environment, re-seeds its random generators, sets its intra-op
+  thread count (torch read ``OMP_NUM_THREADS`` in the main process) and runs
   ``pytest.main(args)``: a whole rank session, configured exactly as a cold
   one (per-rank ``--basetemp``, cache, log files...), whose conftests and test
   modules are already imported. From there it is an ordinary rank
@@ -61,6 +62,7 @@ from dataclasses import replace
 
 from . import _supervise
 from ._constants import RANK_ENV
+from ._hygiene import apply_threads
 from ._protocol import Channel, Exited, Fork, Forked, Message, ProtocolError, RankSpec
 from ._rank import watch_parent
 
@@ -397,6 +399,9 @@ def _become_rank(
 
     sys.argv = [os.path.join(os.path.dirname(pytest.__file__), "__main__.py"), *fork.args]
     _reseed()
+    # torch read OMP_NUM_THREADS when the main process imported it: the rank's own count
+    # is set here, before its session configures (a conftest may still choose another).
+    apply_threads(fork.spec.threads)
     return int(pytest.main(fork.args))
 
 

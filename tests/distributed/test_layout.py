@@ -25,6 +25,7 @@ DISTRIBUTED_LAYERS = [
     "distributed._rank",
     "distributed._outcome",
     "distributed._fake",
+    "distributed._hygiene",
     "distributed._protocol",
     "distributed._rank_args",
     "distributed._reports",
