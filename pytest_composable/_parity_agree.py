@@ -9,13 +9,31 @@ and a rank that did not fail raises too, naming the ranks that did.
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["current_step", "failed_ranks", "raise_if_any_failed", "where", "with_step"]
+__all__ = [
+    "FailedOnAnotherRank",
+    "current_step",
+    "failed_ranks",
+    "raise_if_any_failed",
+    "where",
+    "with_step",
+]
+
+# How long a rank that did not fail waits before raising, so that the failing rank's
+# report, the root cause, reaches the test's report first and heads it.
+_GRACE_S = 0.25
+
+
+class FailedOnAnotherRank(AssertionError):
+    """A parity check failed on other ranks, not on this one: raised on every rank where
+    the check passed, once the ranks agreed that some rank failed."""
+
 
 _STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "pytest_composable_parity_step", default=None
@@ -90,7 +108,9 @@ def raise_if_any_failed(
 ) -> None:
     """Agree with the other ranks on ``check``'s outcome, then raise ``AssertionError``
     on every rank if any rank failed: ``failure`` (this rank's message) where this rank
-    failed, else a message naming the ranks that did."""
+    failed, else (a :class:`FailedOnAnotherRank`, a moment later) a message naming the
+    ranks that did."""
+    __tracebackhide__ = True
     ranks = failed_ranks(failure is not None, device)
     if not ranks:
         return
@@ -100,7 +120,8 @@ def raise_if_any_failed(
             failure += f"\n{check} failed on rank(s) {_names(others)} as well"
         raise AssertionError(failure) from cause
     world = dist.get_world_size()
-    raise AssertionError(
+    time.sleep(_GRACE_S)
+    raise FailedOnAnotherRank(
         f"{check} failed on rank(s) {_names(ranks)} of {world}, not here ({where(step)}, "
         f"where everything matched): see the report of rank {ranks[0]}"
     )

@@ -10,13 +10,15 @@ the reference parameter laid out with that parameter's mesh and placements on th
 rank (``distribute_tensor(..., src_data_rank=None)``, or the same chunking where
 torch's ``distribute_tensor`` lacks ``src_data_rank``), so no collective decides a
 value. Then the ranks agree, with one ``all_reduce`` of a flag per rank over the
-default process group, whether any of them failed, and every rank raises
-``AssertionError``: the failing rank with its cause, in the first line (the
+default process group, whether any of them failed, and if one did every rank
+raises: a failing rank an ``AssertionError`` with its cause in the first line (the
 parameter's fully qualified name, the rank, the step where there is one, the
-largest absolute and relative differences and how many other entries differ), the
-others naming the rank(s) that failed. So a failure on one rank never leaves the
-others waiting, and every rank of the default group must call the check (as it
-would any collective). Outside a process group no collective is made.
+largest absolute and relative differences and how many other entries differ); every
+other rank, a moment later (so that the failing rank's report arrives first and
+heads the test's report), a :class:`FailedOnAnotherRank`, an ``AssertionError``
+naming the rank(s) that failed. So a failure on one rank never leaves the others
+waiting; every rank of the default group must call the check, as it would any
+collective. Outside a process group no collective is made.
 
 Tolerances, where ``rtol``/``atol`` are not given (either one given alone keeps the
 other's default), come from the less precise of the two models' dtypes (for the
@@ -49,7 +51,7 @@ from typing import Any, TypeAlias
 import torch
 from torch import nn
 
-from ._parity_agree import raise_if_any_failed, where, with_step
+from ._parity_agree import FailedOnAnotherRank, raise_if_any_failed, where, with_step
 from ._parity_compare import Difference, difference, tolerances_for
 from ._parity_params import device_of, parameter_failures
 from ._parity_train import (
@@ -65,7 +67,13 @@ from ._parity_train import (
     set_rng_state,
 )
 
-__all__ = ["Inputs", "OptimizerFactory", "assert_sharded_parity", "assert_training_parity"]
+__all__ = [
+    "FailedOnAnotherRank",
+    "Inputs",
+    "OptimizerFactory",
+    "assert_sharded_parity",
+    "assert_training_parity",
+]
 
 OptimizerFactory: TypeAlias = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 """Builds an optimizer from a model's ``parameters()``."""
@@ -109,8 +117,9 @@ def assert_sharded_parity(
     collective on the default group, none outside a process group) and every rank
     raises ``AssertionError`` if any failed, the failing rank with its first failure
     in the first line (and the others after it), every other rank naming the failing
-    rank(s). Tolerances: see the module's table.
+    rank(s) (:class:`FailedOnAnotherRank`). Tolerances: see the module's table.
     """
+    __tracebackhide__ = True
     failures: list[str] = []
     cause: BaseException | None = None
     try:
@@ -180,6 +189,7 @@ def assert_training_parity(
     step. Tolerances default from the less precise dtype of the losses and the
     models' parameters (see the module's table).
     """
+    __tracebackhide__ = True
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     item_at = items(inputs, steps)

@@ -533,7 +533,7 @@ def test_reported_failure(composable_world):
     assert_sharded_parity(reference, model)
 
 
-@pytest.mark.composable(mesh={"dp_replicate": 2, "dp_shard": 2})
+@pytest.mark.composable(world_size=4, mesh={"dp_replicate": 2, "dp_shard": 2})
 def test_hsdp(composable_world):
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
@@ -553,7 +553,7 @@ def test_hsdp(composable_world):
     print(f"MESSAGE {composable_world.rank}: {info.value}")
 
 
-@pytest.mark.composable(mesh={"dp": 2, "tp": 2})
+@pytest.mark.composable(world_size=4, mesh={"dp": 2, "tp": 2})
 def test_fsdp_tp(composable_world):
     from torch.distributed.tensor.parallel import (
         ColwiseParallel, RowwiseParallel, parallelize_module,
@@ -581,7 +581,7 @@ def test_fsdp_tp(composable_world):
 def _section(output: str, test: str) -> str:
     """The part of a ``-rA`` run's output about ``test`` (its passes or failure section)."""
     found = re.search(
-        rf"_+ {re.escape(test)}\[cpu[^\]]*\] _+\n(.*?)(?=\n_{{5,}} |\n=+ )", output, re.S
+        rf"_+ {re.escape(test)}\[cpu[^\]]*\] _+\n(.*?)(?=\n_+ test_\w+\[|\n=+ )", output, re.S
     )
     assert found, f"no section for {test}:\n{output}"
     return found.group(1)
@@ -630,6 +630,7 @@ def test_on_real_ranks(
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setenv("COLUMNS", "400")  # the short summary's lines whole
     pytester.makepyfile(test_parity_world=WORLD)
     started = time.monotonic()
     result = pytester.runpytest_subprocess(
@@ -670,6 +671,12 @@ def test_on_real_ranks(
         _check_training_failures(output)
 
     # A failure left to pytest: the failing rank's cause heads the report, fast.
+    result.stdout.fnmatch_lines(
+        [
+            "FAILED *test_reported_failure[[]cpu[]] - AssertionError: parameter "
+            "'blocks.1.out_proj.bias' on rank 1 of 2 differs from the reference: *"
+        ]
+    )
     failed = _section(output, "test_reported_failure")
     assert (
         "E       AssertionError: parameter 'blocks.1.out_proj.bias' on rank 1 of 2 differs"
