@@ -107,8 +107,10 @@ docs: $(DOCS_STAMP)  ## build the site into docs/_build/html, warnings as errors
 	@command -v dot >/dev/null || { echo "make docs: Graphviz's dot is missing (apt-get install graphviz)"; exit 1; }
 	$(PY) -m sphinx -b html -E -W --keep-going -n -q docs $(DOCS_OUT)
 
+# The hooks example is a session of its own: its devices hook must be loaded at start-up.
 docs-examples: $(STAMP)  ## run every code example the docs include (docs/examples/)
-	$(PY) -m pytest -p no:cacheprovider -q docs/examples
+	$(PY) -m pytest -p no:cacheprovider -q docs/examples --ignore=docs/examples/hooks
+	$(PY) -m pytest -p no:cacheprovider -q docs/examples/hooks
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) $(RUNTIME) dist build *.egg-info docs/_build
