@@ -91,8 +91,10 @@ class MLPStack(nn.Sequential):
     From ``torch.testing._internal.common_fsdp.MLPStack``. The multiplier 3
     makes the tensor-parallel shards uneven on purpose. With
     ``with_seq_parallel`` a fourth module, ``LayerNorm(mlp_dim, bias=False)``,
-    follows. Children are named ``"0"``..``"3"``. Input ``(B, S, mlp_dim)``
-    (``(B, mlp_dim)`` without sequence parallelism), output the same shape.
+    follows. Children are named ``"0"``..``"3"``. Input ``(..., mlp_dim)``,
+    output the same shape; sequence-parallel (after :meth:`parallelize` with
+    ``with_seq_parallel``) it shards dimension 1, so give it
+    ``(B, S, mlp_dim)``.
     """
 
     def __init__(self, mlp_dim: int, *, with_seq_parallel: bool = False) -> None:

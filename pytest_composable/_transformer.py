@@ -70,7 +70,8 @@ _NO_EXPERTS = (
 class ModelArgs:
     """The toy transformer's hyper-parameters: torch 2.13's ``ModelArgs``, defaults included.
 
-    A superset of torch 2.6's (which has no ``num_experts``). ``num_experts``
+    From ``torch.testing._internal.distributed._tensor.common_dtensor``. A
+    superset of torch 2.6's (which has no ``num_experts``). ``num_experts``
     must stay ``0``: the mixture-of-experts variant is not included.
     """
 
@@ -89,9 +90,11 @@ class ModelArgs:
 class Attention(nn.Module):
     """Causal multi-head self-attention: ``wq``, ``wk``, ``wv``, ``wo`` (``dim x dim``, no bias).
 
-    From upstream's ``Attention``. Runs ``F.scaled_dot_product_attention``
-    (causal when ``use_attn_mask``, dropout ``dropout_p`` in training only),
-    then ``wo`` and a residual dropout. Input and output ``(B, S, dim)``.
+    From torch's ``Attention``
+    (``torch.testing._internal.distributed._tensor.common_dtensor``, 2.13).
+    Runs ``F.scaled_dot_product_attention`` (causal when ``use_attn_mask``,
+    dropout ``dropout_p`` in training only), then ``wo`` and a residual
+    dropout. Input and output ``(B, S, dim)``.
     ``n_heads`` is the number of heads this rank computes:
     :meth:`Transformer.parallelize` divides it by the tensor-parallel size when
     ``local_output_for_attn``.
@@ -140,7 +143,9 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """``w1 -> gelu -> w2 -> resid_dropout``, ``dim -> hidden_dim -> dim`` with biases.
 
-    From upstream's ``FeedForward``. Input and output ``(..., dim)``.
+    From torch's ``FeedForward``
+    (``torch.testing._internal.distributed._tensor.common_dtensor``, 2.13).
+    Input and output ``(..., dim)``.
     """
 
     def __init__(self, dim: int, hidden_dim: int, dropout_p: float) -> None:
@@ -157,9 +162,10 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + attention(attention_norm(x))``, then ``h + feed_forward(ffn_norm(h))``.
 
-    From upstream's ``TransformerBlock``; the feed-forward hidden size is
-    ``4 * dim``. ``has_experts`` is always ``False``: ``args.num_experts > 0``
-    raises ``ValueError``. Input and output ``(B, S, dim)``.
+    From torch's ``TransformerBlock``
+    (``torch.testing._internal.distributed._tensor.common_dtensor``, 2.13).
+    The feed-forward hidden size is ``4 * dim``. ``has_experts`` is always
+    ``False``: ``args.num_experts > 0`` raises ``ValueError``. Input and output ``(B, S, dim)``.
     """
 
     def __init__(self, args: ModelArgs) -> None:
@@ -182,10 +188,12 @@ class Transformer(nn.Module):
 
     The logits are float32, ``(B, S, vocab_size)``.
 
-    From upstream's ``Transformer``: ``tok_embeddings`` and ``pos_embeddings``
-    (learned), ``dropout``, ``n_layers`` :class:`TransformerBlock` in
-    ``layers``, a final ``norm`` and the ``output`` projection (no bias), whose
-    weight *is* ``tok_embeddings.weight`` when ``weight_tying`` (so
+    From torch's ``Transformer``
+    (``torch.testing._internal.distributed._tensor.common_dtensor``, 2.13):
+    ``tok_embeddings`` and ``pos_embeddings`` (learned), ``dropout``,
+    ``n_layers`` :class:`TransformerBlock` in ``layers``, a final ``norm``
+    and the ``output`` projection (no bias), whose weight *is*
+    ``tok_embeddings.weight`` when ``weight_tying`` (so
     ``named_parameters()`` lists it once). ``S`` may not exceed
     ``max_seq_len``. With ``checkpoint_activations`` every block runs under
     non-reentrant ``torch.utils.checkpoint``.
@@ -258,9 +266,11 @@ class Transformer(nn.Module):
         tensors and divides each ``attention.n_heads`` by the mesh size, so
         attention runs on plain tensors. **On CPU, tensor-parallel attention
         runs only with** ``local_output_for_attn=True``: without it attention
-        runs on DTensors, and torch (2.13 included) has no CPU sharding rule
-        for the flash-attention operator that ``scaled_dot_product_attention``
-        dispatches to there, so the forward fails.
+        runs on DTensors, and torch (2.6 to 2.13 at least) has no sharding
+        rule for ``aten._scaled_dot_product_flash_attention_for_cpu``, the
+        operator ``scaled_dot_product_attention`` dispatches to on CPU, so the
+        forward raises ``NotImplementedError``. Torch's own model does the
+        same.
 
         ``tp_mesh`` is required here, and ``ep_mesh`` (torch 2.13's expert
         parallelism) raises ``ValueError``: the mixture-of-experts variant is
