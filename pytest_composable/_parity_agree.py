@@ -35,6 +35,9 @@ class FailedOnAnotherRank(AssertionError):
     the check passed, once the ranks agreed that some rank failed."""
 
 
+FailedOnAnotherRank.__module__ = "pytest_composable.parity"  # where users import it from
+
+
 _STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "pytest_composable_parity_step", default=None
 )

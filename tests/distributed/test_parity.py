@@ -299,6 +299,13 @@ def test_fully_shard_in_a_fake_world(composable_fake_world: World) -> None:
         "  local shard of a DTensor with mesh (dim0=4) on cpu, placements (Shard(dim=0)), "
         "compared with the reference laid out the same way on this rank"
     )
+    # Where values allow, training too: the flags' all_reduce runs on the fake backend.
+    reference, model = _pair(dropout=0.2)
+    assert_training_parity(reference, model, torch.randn(2, 8), steps=2)
+    with torch.no_grad():
+        model.blocks[0].out_proj.bias.add_(1.0)
+    message = _raises(assert_training_parity, reference, model, torch.randn(2, 8))
+    assert message.startswith("loss on rank 3 of 4 at step 0 differs from the reference's"), message
 
 
 @pytest.mark.composable(mesh={"dp": 2, "tp": 2})
@@ -682,7 +689,13 @@ def test_on_real_ranks(
         "E       AssertionError: parameter 'blocks.1.out_proj.bias' on rank 1 of 2 differs"
         in failed
     ), failed
-    assert "assert_sharded_parity failed on rank(s) 1 of 2, not here (on rank 0 of 2" in failed
+    assert (
+        "E       pytest_composable.parity.FailedOnAnotherRank: assert_sharded_parity failed on "
+        "rank(s) 1 of 2, not here (on rank 0 of 2, where everything matched)" in failed
+    ), failed
+    # The root cause's rank comes first; the traceback ends at the test's own line.
+    assert failed.index("_ rank 1 _") < failed.index("_ rank 0 _")
+    assert "_parity_agree.py" not in failed
     duration = re.search(r"^([\d.]+)s call +\S*test_reported_failure", output, re.M)
     assert duration, output
     assert float(duration.group(1)) < 10, output
