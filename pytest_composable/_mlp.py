@@ -169,14 +169,20 @@ def small_mlp(device: torch.device | str | None = None) -> MLP:
     return MLP(SMALL_MLP_DIM, torch.device(device) if device is not None else None)
 
 
-def small_mlp_stack(with_seq_parallel: bool = False) -> MLPStack:
-    """``MLPStack(16)``: 16 -> 48 -> 16 -> 64 -> 16 -> 48 -> 16, 5,328 parameters, on CPU.
+def small_mlp_stack(
+    device: torch.device | str | None = None, *, with_seq_parallel: bool = False
+) -> MLPStack:
+    """``MLPStack(16)``: 16 -> 48 -> 16 -> 64 -> 16 -> 48 -> 16, 5,328 parameters.
 
-    With ``with_seq_parallel`` a ``LayerNorm(16, bias=False)`` follows (16
-    parameters more). Upstream builds the stack on the default device only;
-    move it with ``.to()`` or build it under ``with torch.device(...)``.
+    With ``with_seq_parallel`` a ``LayerNorm(16, bias=False)`` follows (5,344
+    parameters). ``MLPStack`` takes no device, so it is built under
+    ``with torch.device(device)``: on CPU it draws exactly what
+    ``MLPStack(16)`` would.
     """
-    return MLPStack(SMALL_MLP_DIM, with_seq_parallel=with_seq_parallel)
+    if device is None:
+        return MLPStack(SMALL_MLP_DIM, with_seq_parallel=with_seq_parallel)
+    with torch.device(device):
+        return MLPStack(SMALL_MLP_DIM, with_seq_parallel=with_seq_parallel)
 
 
 def small_mlp_input(

@@ -77,15 +77,14 @@ def upstream_args(args: models.ModelArgs) -> Any:
 Build = Callable[[Any], nn.Module]
 
 
-def _mlp(*args: Any, **kwargs: Any) -> tuple[str, Build]:
-    return "MLP", lambda cls: cls(*args, **kwargs)
-
-
-def _stack(*args: Any, **kwargs: Any) -> tuple[str, Build]:
-    return "MLPStack", lambda cls: cls(*args, **kwargs)
+def _called(name: str, *args: Any, **kwargs: Any) -> tuple[str, Build]:
+    """Class ``name`` called with these arguments."""
+    return name, lambda cls: cls(*args, **kwargs)
 
 
 def _with_args(name: str, **fields: Any) -> tuple[str, Build]:
+    """Class ``name`` called with a ``ModelArgs`` of these fields (torch's, for torch's)."""
+
     def build(cls: Any) -> nn.Module:
         args = models.ModelArgs(**fields)
         if cls is getattr(models, name):
@@ -95,18 +94,14 @@ def _with_args(name: str, **fields: Any) -> tuple[str, Build]:
     return name, build
 
 
-def _feed_forward(*args: Any) -> tuple[str, Build]:
-    return "FeedForward", lambda cls: cls(*args)
-
-
 CONFIGS: dict[str, tuple[str, Build]] = {
-    "mlp": _mlp(16),
-    "mlp-device": _mlp(8, torch.device("cpu")),
-    "mlp-no-bias": _mlp(16, bias=False),
-    "mlp-buffer": _mlp(16, with_buffer=True),
-    "mlp-x3-buffer-no-bias": _mlp(12, dim_multiplier=3, with_buffer=True, bias=False),
-    "stack": _stack(16),
-    "stack-seq-parallel": _stack(8, with_seq_parallel=True),
+    "mlp": _called("MLP", 16),
+    "mlp-device": _called("MLP", 8, torch.device("cpu")),
+    "mlp-no-bias": _called("MLP", 16, bias=False),
+    "mlp-buffer": _called("MLP", 16, with_buffer=True),
+    "mlp-x3-buffer-no-bias": _called("MLP", 12, dim_multiplier=3, with_buffer=True, bias=False),
+    "stack": _called("MLPStack", 16),
+    "stack-seq-parallel": _called("MLPStack", 8, with_seq_parallel=True),
     "transformer": _with_args("Transformer"),
     "transformer-untied": _with_args("Transformer", weight_tying=False),
     "transformer-wide": _with_args(
@@ -117,7 +112,7 @@ CONFIGS: dict[str, tuple[str, Build]] = {
     ),
     "block": _with_args("TransformerBlock"),
     "attention": _with_args("Attention", dim=24, n_heads=3),
-    "feed-forward": _feed_forward(16, 40, 0.0),
+    "feed-forward": _called("FeedForward", 16, 40, 0.1),
 }
 
 
@@ -406,6 +401,11 @@ def test_small_mlp_stack() -> None:
     x = small_mlp_input(seq_len=4)
     assert x.shape == (2, 4, 16)
     assert seq(x).shape == (2, 4, 16)
+    assert small_mlp_stack("meta")[2].out_proj.weight.device.type == "meta"
+    torch.manual_seed(0)
+    on_cpu = small_mlp_stack("cpu")
+    torch.manual_seed(0)
+    assert torch.equal(on_cpu[1].in_proj.weight, models.MLPStack(16)[1].in_proj.weight)
 
 
 def test_small_transformer() -> None:
