@@ -602,16 +602,31 @@ def _messages(section: str) -> dict[str, str]:
     return messages
 
 
+def _differs(message: str, head: str, count: str) -> None:
+    """``message``'s first line starts with ``head`` and tells ``count``."""
+    first = message.splitlines()[0]
+    assert first.startswith(head), message
+    assert count in first, message
+
+
+def _elsewhere(check: str, failed: int, here: str) -> str:
+    """What a rank of 2 where ``check`` passed says when rank ``failed`` failed."""
+    return (
+        f"{check} failed on rank(s) {failed} of 2, not here ({here}, where everything "
+        f"matched): see the report of rank {failed}"
+    )
+
+
 def _check_training_failures(output: str) -> None:
     messages = _messages(_section(output, "test_one_rank_gradient_differs_and_one_is_missing"))
-    assert messages["perturb1"].startswith(
+    _differs(
+        messages["perturb1"],
         "gradient of 'blocks.1.out_proj.bias' on rank 1 of 2 at step 1 differs from the "
-        "reference: largest absolute difference 0.25 at index [1]"
-    ), messages
-    assert "0 other entries differ (1 of 4)" in messages["perturb1"].splitlines()[0]
-    assert messages["perturb0"] == (
-        "assert_sharded_parity failed on rank(s) 1 of 2, not here (on rank 0 of 2 at step 1, "
-        "where everything matched): see the report of rank 1"
+        "reference: largest absolute difference 0.25 at index [1]",
+        "0 other entries differ (1 of 4)",
+    )
+    assert messages["perturb0"] == _elsewhere(
+        "assert_sharded_parity", 1, "on rank 0 of 2 at step 1"
     )
     assert messages["drop0"] == (
         "gradient of 'blocks.0.in_proj.bias' on rank 0 of 2 at step 2 is missing (None) on "
@@ -625,10 +640,7 @@ def _check_training_failures(output: str) -> None:
         r"[\d.e-]+ \(rtol 1.3e-06\)$",
         messages["1"],
     ), messages
-    assert messages["0"] == (
-        "assert_training_parity failed on rank(s) 1 of 2, not here (on rank 0 of 2 at step 2, "
-        "where everything matched): see the report of rank 1"
-    )
+    assert messages["0"] == _elsewhere("assert_training_parity", 1, "on rank 0 of 2 at step 2")
 
 
 def test_on_real_ranks(
@@ -663,16 +675,14 @@ def test_on_real_ranks(
 
     # One rank's parameter differs: it says so; the other rank is not left waiting.
     messages = _messages(_section(output, "test_one_rank_parameter_differs"))
-    assert messages["1"].startswith(
+    _differs(
+        messages["1"],
         "parameter 'blocks.0.in_proj.weight' on rank 1 of 2 differs from the reference: "
-        "largest absolute difference 1 at index [0, 0]"
-    ), messages
-    assert "0 other entries differ (1 of 128)" in messages["1"].splitlines()[0]
-    assert "placements (Shard(dim=0))" in messages["1"].splitlines()[1]
-    assert messages["0"] == (
-        "assert_sharded_parity failed on rank(s) 1 of 2, not here (on rank 0 of 2, where "
-        "everything matched): see the report of rank 1"
+        "largest absolute difference 1 at index [0, 0]",
+        "0 other entries differ (1 of 128)",
     )
+    assert "placements (Shard(dim=0))" in messages["1"].splitlines()[1]
+    assert messages["0"] == _elsewhere("assert_sharded_parity", 1, "on rank 0 of 2")
 
     if FSDP2_TRAINS_ON_CPU:
         _check_training_failures(output)
