@@ -46,6 +46,7 @@ __all__ = [
     "release_heap",
     "reset_compiler",
     "restore",
+    "threads_note",
     "usable_cores",
 ]
 
@@ -72,6 +73,22 @@ def rank_threads(environ: Mapping[str, str], ranks_on_node: int) -> int | None:
     if THREADS_ENV in environ:
         return None
     return max(1, usable_cores() // max(1, ranks_on_node))
+
+
+def threads_note(found: Mapping[int, set[int]], user: str | None) -> str:
+    """The report's line on the ranks' intra-op threads: ``found`` holds the counts the
+    ranks had, by world size; ``user``: the user's ``OMP_NUM_THREADS``, if set."""
+    counts = ", ".join(
+        f"{'/'.join(str(n) for n in sorted(threads))} in worlds of {size}"
+        for size, threads in sorted(found.items())
+    )
+    how = (
+        f"{THREADS_ENV}={user} from the environment"
+        if user is not None
+        else f"max(1, {usable_cores()} usable cores // ranks on the machine) unless the "
+        f"session set its own; {THREADS_ENV} chooses another"
+    )
+    return f"composable: intra-op threads per rank: {counts} ({how})"
 
 
 def apply_threads(threads: int | None) -> None:

@@ -17,6 +17,10 @@ users pass).
   False unless a test makes its own; groups the tests make are theirs, kept from
   test to test as without the plugin), so a stray collective fails that test,
   not the world.
+* Each rank gets ``max(1, usable cores // ranks on its node)`` intra-op threads unless
+  ``OMP_NUM_THREADS`` is set (torchrun sets it to 1 for several processes per node),
+  and after each world test it undoes what the test changed in the process
+  (:class:`~._hygiene.Hygiene`), as plugin-started ranks do.
 * ``-x``/``--maxfail``: rank 0 decides (it sees the merged reports) and tells
   the others at the next world test (or at the end), so every rank stops
   together.
@@ -40,11 +44,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
+from ._constants import THREADS_ENV
+from ._hygiene import Hygiene, apply_threads, rank_threads, threads_note
 from ._launch_env import Launch
 from ._launched_faults import FailFast, headline, merge_gathered
 from ._launched_groups import GroupRegistry, GroupSets, all_gather_bytes
@@ -77,6 +84,15 @@ class LaunchedSession:
         self.faults = FailFast(
             self.rank, str(config.rootpath), lambda: self.world.store, self.world.end_waits
         )
+        self.hygiene = Hygiene("cpu")  # the device type is known once the world is joined
+        config.pluginmanager.register(self.hygiene, "composable.launched_hygiene")
+        self.user_threads = os.environ.get(THREADS_ENV)
+        self.threads = rank_threads(os.environ, launch.local_world_size)
+        if self.threads is not None:
+            if "torch" in sys.modules:
+                apply_threads(self.threads)
+            # What torch reads when it is imported, and what the tests' own processes get.
+            os.environ[THREADS_ENV] = str(self.threads)
 
     @property
     def context(self) -> RankContext | None:
@@ -168,11 +184,17 @@ class LaunchedSession:
             item.session.shouldstop = "composable: rank 0 stopped the session"
             return True
         seed_everything(seed)
+        hygiene = self.hygiene
+        if hygiene.baseline is None:
+            context = world.context
+            hygiene.device_type = "cuda" if context and "cuda" in context.backends else "cpu"
+            hygiene.start()
         self.faults.begin(item)
         try:
             reports = runtestprotocol(item, log=False, nextitem=nextitem)
         finally:
             told = self.faults.end()
+            hygiene.clean()
         mine = {"reports": [serialize(self.config, r) for r in reports], **told}
         try:
             gathered = [
@@ -198,6 +220,13 @@ class LaunchedSession:
                     f"{headline(merged)}; its process group could not be made again: {problem}"
                 )
         return True
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        """Rank 0 names the ranks' intra-op thread count, once a world test ran."""
+        baseline = self.hygiene.baseline
+        if baseline is not None and terminalreporter.config.get_verbosity() >= 0:
+            threads = {self.world_size: {int(baseline["intra-op threads"])}}
+            terminalreporter.write_line(threads_note(threads, self.user_threads))
 
     def _log(self, item: pytest.Item, reports: list[pytest.TestReport]) -> None:
         """Rank 0 logs the merged reports: its exit status (and so the launcher's) is non-zero

@@ -59,7 +59,7 @@ import pytest
 from . import _supervise
 from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV, THREADS_ENV
 from ._fork_safety import unsafe_reason
-from ._hygiene import grown, rank_threads, usable_cores
+from ._hygiene import grown, rank_threads, threads_note
 from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
 from ._lockstep import tail as _tail
 from ._options import settings_of
@@ -717,20 +717,8 @@ class _Notes:
 
     def lines(self, verbosity: int) -> list[str]:
         lines = list(self.launcher.recycled)
-        threads = self.launcher.threads
-        if threads and verbosity >= 0:
-            counts = ", ".join(
-                f"{'/'.join(str(n) for n in sorted(found))} in worlds of {size}"
-                for size, found in sorted(threads.items())
-            )
-            user = os.environ.get(THREADS_ENV)
-            how = (
-                f"{THREADS_ENV}={user} from the environment"
-                if user is not None
-                else f"max(1, {usable_cores()} usable cores // ranks) unless the session set "
-                f"its own; {THREADS_ENV} chooses another"
-            )
-            lines.append(f"composable: intra-op threads per rank: {counts} ({how})")
+        if self.launcher.threads and verbosity >= 0:
+            lines.append(threads_note(self.launcher.threads, os.environ.get(THREADS_ENV)))
         return lines
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
