@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 # (rtol, atol) by dtype. float64 and float32 are torch.testing's defaults; float16
-# and bfloat16 allow about four units in the last place (torch.testing allows two),
+# and bfloat16 allow about four units in the last place (torch.testing one or two),
 # as reductions that a sharded model runs in another order round differently.
 _TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.float64: (1e-7, 1e-7),

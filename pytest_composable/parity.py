@@ -37,8 +37,8 @@ integers, bool                     0         0
 =================================  ========  ========
 
 float64 and float32 are ``torch.testing``'s defaults; float16 and bfloat16 allow
-about four units in the last place, twice ``torch.testing``'s, since a sharded model
-reduces in another order. Values are compared in float64 whatever the dtypes; NaN
+about four units in the last place (``torch.testing`` one or two), since a sharded
+model reduces in another order. Values are compared in float64 whatever the dtypes; NaN
 never equals NaN; tensors on ``meta`` hold no values and are compared by shape only
 (as in a fake world on meta).
 """
