@@ -76,13 +76,14 @@ def parse_dtype(text: object) -> str:
     raise DtypeError(f"{shown} is not a floating dtype a test can run over; known: {KNOWN}")
 
 
-def parse_dtypes(values: Iterable[str]) -> tuple[str, ...]:
-    """torch's names of the dtypes in option, environment or ini values (comma or space
-    separated), in order, each once. :class:`DtypeError` for a bad name or none at all."""
-    names = [parse_dtype(part) for value in values for part in value.replace(",", " ").split()]
-    if not names:
+def parse_dtypes(names: Iterable[str]) -> tuple[str, ...]:
+    """torch's names of ``names`` (each one dtype: the option, environment and ini values
+    split at commas and spaces), in order, each once. :class:`DtypeError` for a bad name
+    or none at all."""
+    parsed = [parse_dtype(name) for name in names]
+    if not parsed:
         raise DtypeError(f"no dtype given; known: {KNOWN}")
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(parsed))
 
 
 def to_torch(name: str) -> torch.dtype:

@@ -1,4 +1,5 @@
-"""Per-session state: the device selection and the model registries, resolved lazily.
+"""Per-session state: the device and dtype selections, the model registries, and which
+dtypes each device runs; resolved lazily.
 
 Nothing here imports torch until a device or model list is first needed, so a
 session that never uses the plugin's fixtures stays torch-free.

@@ -85,14 +85,14 @@ def test_parse_dtype_cuts_a_long_value() -> None:
     assert len(str(error.value)) < 400
 
 
-def test_parse_dtypes_splits_lists_and_keeps_each_once_in_order() -> None:
-    assert parse_dtypes(["bf16, fp32", "float16 bfloat16", "fp32"]) == (
+def test_parse_dtypes_keeps_each_once_in_order() -> None:
+    assert parse_dtypes(["bf16", "fp32", "float16", "bfloat16", "fp32"]) == (
         "bfloat16",
         "float32",
         "float16",
     )
     with pytest.raises(DtypeError, match="no dtype given"):
-        parse_dtypes([" , "])
+        parse_dtypes([])
 
 
 # --- the device probe -------------------------------------------------------------
