@@ -268,7 +268,9 @@ def test_outcome_keys_and_counts_of_world_tests(pytester: pytest.Pytester) -> No
         "test_plain": (None, None, None),
     }
     summary = OutcomeSummary(items[0].config)
-    summary.keys = {item.nodeid: key for item in items if (key := keys[item.name]) != (None, None, None)}
+    summary.keys = {
+        item.nodeid: key for item in items if (key := keys[item.name]) != (None, None, None)
+    }
     stats: dict[str, list[object]] = {"passed": [], "failed": [], "": [], "deselected": [object()]}
     for item in items:
         outcome = "failed" if item.name == "test_fake[cpu-ws4]" else "passed"
