@@ -150,7 +150,8 @@ def _options(config: pytest.Config) -> tuple[Option, ...]:
                     ini=dest if dest in inis else None,
                 )
             )
-    return tuple(found)
+    place = _option_modules(config)
+    return tuple(sorted(found, key=lambda option: place.get(option.names[0], len(place))))
 
 
 def _inis(config: pytest.Config) -> tuple[Ini, ...]:
@@ -167,6 +168,33 @@ def _inis(config: pytest.Config) -> tuple[Ini, ...]:
     return tuple(sorted(found, key=lambda ini: ini.name))
 
 
+def _in_plugin_order(config: pytest.Config, modules: list[Any]) -> list[Any]:
+    """The plugin's modules, the main one (registered as ``composable``) first."""
+    main = config.pluginmanager.get_plugin("composable")
+    return sorted(modules, key=lambda m: (m is not main, m.__name__))
+
+
+def _option_modules(config: pytest.Config) -> dict[str, int]:
+    """Each ``--composable-*`` option's place by the plugin module that adds it: each
+    module's own ``pytest_addoption`` run on a fresh parser."""
+    modules = [
+        plugin
+        for plugin in config.pluginmanager.get_plugins()
+        if isinstance(plugin, types.ModuleType)
+        and plugin.__name__.startswith(PLUGIN_PREFIX)
+        and hasattr(plugin, "pytest_addoption")
+    ]
+    place: dict[str, int] = {}
+    for index, module in enumerate(_in_plugin_order(config, modules)):
+        parser = pytest.Parser(_ispytest=True)
+        module.pytest_addoption(parser)
+        for group in parser._groups:
+            for argument in group.options:
+                for name in argument.names():
+                    place.setdefault(name, index)
+    return place
+
+
 def _fixtures(config: pytest.Config) -> tuple[Fixture, ...]:
     found: dict[str, Fixture] = {}
     plugins = [
@@ -174,7 +202,7 @@ def _fixtures(config: pytest.Config) -> tuple[Fixture, ...]:
         for plugin in config.pluginmanager.get_plugins()
         if isinstance(plugin, types.ModuleType) and plugin.__name__.startswith(PLUGIN_PREFIX)
     ]
-    for module in sorted(plugins, key=lambda m: m.__name__):
+    for module in _in_plugin_order(config, plugins):
         for attribute, value in vars(module).items():
             marker = getfixturemarker(value)
             if marker is None:
@@ -315,17 +343,18 @@ class FixturesDirective(_Generated):
                 f":fixture:`{name}`" if name in names else f"``{name}``"
                 for name in fixture.requests
             )
-            facts = [f"Scope: {fixture.scope}", f"defined in ``{fixture.module}``"]
-            if fixture.autouse:
-                facts.append("autouse")
+            facts = [
+                f":Scope: {fixture.scope}" + (", autouse" if fixture.autouse else ""),
+                f":Defined in: ``{fixture.module}``",
+            ]
             if requests:
-                facts.append(f"requests {requests}")
+                facts.append(f":Requests: {requests}")
             out += [
                 f".. fixture:: {fixture.name}",
                 "",
                 *indent(fixture.doc),
                 "",
-                *indent("*" + "; ".join(facts) + ".*"),
+                *indent("\n".join(facts)),
                 "",
             ]
         return out
@@ -336,6 +365,8 @@ class MarkerDirective(_Generated):
         marker = importlib.import_module("pytest_composable.marker")
         options = marker.MarkerOptions
         doc = inspect.getdoc(marker) or ""
+        # The docstring's summary line is about the module; the rest is about the marker.
+        explained = doc.split("\n\n", 1)[-1]
         out = [
             "What ``pytest --markers`` prints for it:",
             "",
@@ -343,7 +374,7 @@ class MarkerDirective(_Generated):
             "",
             f"   @pytest.mark.{marker.MARKER_HELP}",
             "",
-            *doc.splitlines(),
+            *explained.splitlines(),
             "",
         ]
         annotations: dict[str, Any] = dict(options.__annotations__)
@@ -359,11 +390,16 @@ class MarkerDirective(_Generated):
             out += [
                 f".. markerkw:: {field}",
                 "",
-                f"   Read as ``{annotations.get(field, 'Any')}``; "
+                f"   Read as ``{_annotation(annotations.get(field))}``; "
                 f"``{defaults.get(field)!r}`` where no marker sets it.",
                 "",
             ]
         return out
+
+
+def _annotation(value: Any) -> str:
+    """A field's annotation as written (a string, or a ``ForwardRef`` of one)."""
+    return str(getattr(value, "__forward_arg__", value))
 
 
 # --- the public API is documented ------------------------------------------------------
