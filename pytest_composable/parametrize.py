@@ -47,6 +47,7 @@ __all__ = [
     "INPUT_FIXTURE",
     "MODEL_FIXTURE",
     "MODEL_SPEC_FIXTURE",
+    "REFERENCE_FIXTURE",
     "input_model",
     "parametrize",
 ]
@@ -56,14 +57,22 @@ DTYPE_FIXTURE = "composable_dtype"
 MODEL_SPEC_FIXTURE = "composable_model_spec"
 MODEL_FIXTURE = "composable_model"
 INPUT_FIXTURE = "composable_input"
+REFERENCE_FIXTURE = "composable_reference_model"
 BUILTIN_MODEL_FIXTURES = (
     "unit_module",
     "composite_model",
     "unit_param_module",
     "composite_param_model",
     "nested_sequential_model",
+    "mlp",
+    "mlp_stack",
+    "transformer",
 )
-"""The fixtures of the built-in models, each named as its model (``registry.BUILTIN_MODELS``)."""
+"""The fixtures of the built-in models, each named as its model (``registry.BUILTIN_MODELS``
+and ``registry.EXTRA_MODELS``)."""
+_FOLLOWERS = (INPUT_FIXTURE, REFERENCE_FIXTURE)
+"""Fixtures that follow the test's model: the one model fixture it names, if it names no
+``composable_model``."""
 
 
 class InputError(ValueError):
@@ -128,34 +137,40 @@ def parametrize(
 
 
 def _input_follows_model_fixture(metafunc: pytest.Metafunc) -> bool:
-    """Whether the test's ``composable_model_spec`` is there only for ``composable_input``,
-    which then gives the input of the test's one built-in model fixture: the test is not
-    run over the models. :class:`InputError` for two or more model fixtures, whose
-    inputs ``composable_input`` cannot all be, in a test without ``composable_model``.
+    """Whether the test's ``composable_model_spec`` is there only for ``composable_input``
+    or ``composable_reference_model``, which then follow the test's one built-in model
+    fixture: the test is not run over the models. :class:`InputError` for two or more
+    model fixtures, which they cannot all follow, in a test without ``composable_model``.
     """
     names = metafunc.fixturenames
-    if INPUT_FIXTURE not in names or MODEL_FIXTURE in names:
+    followers = [name for name in _FOLLOWERS if name in names]
+    if not followers or MODEL_FIXTURE in names:
         return False
-    if _spec_wanted_beside_input(metafunc):
+    if _spec_wanted_beside_followers(metafunc):
         return False
     named = [name for name in BUILTIN_MODEL_FIXTURES if name in names]
     if len(named) > 1:
+        what = {
+            INPUT_FIXTURE: f"{INPUT_FIXTURE} is the input of one model",
+            REFERENCE_FIXTURE: f"{REFERENCE_FIXTURE} is a second instance of one model",
+        }
         raise InputError(
-            f"{INPUT_FIXTURE} is the input of one model, and this test uses "
-            f"{', '.join(named)}; use {MODEL_FIXTURE} (every model in turn) or build "
-            "each model's input"
+            f"{' and '.join(what[name] for name in followers)}, and this test uses "
+            f"{', '.join(named)}; use {MODEL_FIXTURE} (every model in turn), or build "
+            "them yourself"
         )
     return input_model(names) is not None
 
 
-def _spec_wanted_beside_input(metafunc: pytest.Metafunc) -> bool:
-    """Whether the test itself, or a fixture other than ``composable_input``, asks for
-    ``composable_model_spec``: then it decides, and the test runs over the models."""
+def _spec_wanted_beside_followers(metafunc: pytest.Metafunc) -> bool:
+    """Whether the test itself, or a fixture other than ``composable_input`` and
+    ``composable_reference_model``, asks for ``composable_model_spec``: then it decides,
+    and the test runs over the models."""
     if MODEL_SPEC_FIXTURE in _own_argnames(metafunc):
         return True
     for name in metafunc.fixturenames:
         defs = metafunc._arg2fixturedefs.get(name)
-        if name != INPUT_FIXTURE and defs and MODEL_SPEC_FIXTURE in defs[-1].argnames:
+        if name not in _FOLLOWERS and defs and MODEL_SPEC_FIXTURE in defs[-1].argnames:
             return True
     return False
 
@@ -181,7 +196,9 @@ def _apply(
     if options.models is not None or wants_models or wants_devices:
         # Resolving the registry here turns a bad hook or an unknown marker model
         # into one clean collection error instead of a traceback per test.
-        names = _model_names(options, state.models(metafunc.definition))
+        names = _model_names(
+            options, state.models(metafunc.definition), state.known_models(metafunc.definition)
+        )
     if wants_models:
         metafunc.parametrize(MODEL_SPEC_FIXTURE, names, ids=names, indirect=True)
     if wants_devices:
@@ -218,9 +235,12 @@ def _for_worlds(
     return list(kept.values())
 
 
-def _model_names(options: MarkerOptions, known: dict[str, ModelSpec]) -> list[str]:
+def _model_names(
+    options: MarkerOptions, default: dict[str, ModelSpec], known: dict[str, ModelSpec]
+) -> list[str]:
+    """The models a test runs over: the marker's (any known model), else the default set."""
     if options.models is None:
-        return list(known)
+        return list(default)
     unknown = [m for m in options.models if m not in known]
     if unknown:
         raise MarkerError(

@@ -164,7 +164,7 @@ def composable_model_spec(request: pytest.FixtureRequest) -> ModelSpec:
     ``pytest_composable_models`` hooks of the test's own conftest files and of
     plugins, narrowed by ``@pytest.mark.composable(models=[...])``.
     """
-    models = state_of(request.config).models(request.node)
+    models = state_of(request.config).known_models(request.node)
     param = _param(request)
     if param is None:
         return next(iter(models.values()))
@@ -223,7 +223,8 @@ def composable_input(
     in a test that names one built-in model fixture (``composite_model``...) and no
     ``composable_model``, that fixture's: the test then runs over devices only, as the
     model fixture does. A test that names ``composable_input`` alone runs over every
-    model. ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``
+    model. ``(B, 100)`` for most models, ``(B, 1)`` for ``nested_sequential_model``,
+    ``(B, 16)`` for ``mlp`` and ``mlp_stack``, ``(B, 8)`` token ids for ``transformer``
     (B is 4 unless the test chooses); same value rule as the models (seeded CPU
     generator, then moved). In a test that uses ``composable_dtype`` a floating input
     is in that dtype, as the model is (unless ``composable(cast_models=False)``).
@@ -237,23 +238,49 @@ def composable_input(
             f"composable: composable_batch_size must be an integer >= 1, got {batch!r}",
             pytrace=False,
         )
-    state = state_of(request.config)
-    spec = composable_model_spec
+    spec = _test_model_spec(request, composable_model_spec)
+    return build_input(
+        spec, composable_device, state_of(request.config).seed, batch, _model_dtype(request)
+    )
+
+
+def _test_model_spec(request: pytest.FixtureRequest, spec: ModelSpec) -> ModelSpec:
+    """The spec of the test's model: ``composable_model_spec``'s where the test runs over
+    the models, else that of the one model fixture it names (parametrize.py decided it
+    from the same fixtures)."""
     callspec = getattr(request.node, "callspec", None)
     if callspec is None or MODEL_SPEC_FIXTURE not in callspec.params:
-        # Not run over the models (parametrize.py decided it from the same fixtures):
-        # the model fixture the test names says which input it needs.
         name = input_model(request.fixturenames)
         if name is not None:
-            spec = state.models(request.node)[name]
-    return build_input(spec, composable_device, state.seed, batch, _model_dtype(request))
+            return state_of(request.config).known_models(request.node)[name]
+    return spec
+
+
+@pytest.fixture
+def composable_reference_model(
+    request: pytest.FixtureRequest,
+    composable_model_spec: ModelSpec,
+    composable_device: torch.device,
+) -> nn.Module:
+    """A second, separate instance of the test's model, built the same way (spec, device,
+    dtype, seed), so it starts equal to it: the unsharded reference of a parity test
+    (``pytest_composable.parity``).
+
+    The test's model is ``composable_model``'s (the test runs over every model), or that
+    of the one model fixture the test names (``mlp``, ``composite_model``...), as for
+    ``composable_input``; a test that names several model fixtures and no
+    ``composable_model`` is a collection error. In a world test each rank builds its
+    own, equal on every rank.
+    """
+    __tracebackhide__ = True
+    return _build(request, _test_model_spec(request, composable_model_spec), composable_device)
 
 
 def _builtin_fixture(name: str, doc: str) -> Any:
     def fixture(request: pytest.FixtureRequest, composable_device: torch.device) -> nn.Module:
         __tracebackhide__ = True
         return _build(
-            request, state_of(request.config).models(request.node)[name], composable_device
+            request, state_of(request.config).known_models(request.node)[name], composable_device
         )
 
     fixture.__name__ = name
@@ -284,6 +311,24 @@ nested_sequential_model = _builtin_fixture(
     "A ``NestedSequentialModel`` (nested Sequential/FakeSequential for wrap-policy traversal), "
     "input (B, 1), output (B, 4).",
 )
+mlp = _builtin_fixture(
+    "mlp",
+    "An ``MLP(16)`` of PyTorch's FSDP2 tests (in_proj 16 -> 64, out_proj 64 -> 16), "
+    "input (B, 16). Not among ``composable_model``'s default models; "
+    '``composable(models=["mlp"])`` selects it there.',
+)
+mlp_stack = _builtin_fixture(
+    "mlp_stack",
+    "An ``MLPStack(16)`` of PyTorch's FSDP2 tests (three MLPs; ``parallelize(tp_mesh, "
+    "dp_mesh, ...)``), input (B, 16). Not among ``composable_model``'s default models.",
+)
+transformer = _builtin_fixture(
+    "transformer",
+    "A ``Transformer`` of PyTorch's tensor-parallel tests, small: 2 layers, vocabulary 8, "
+    "max sequence 16, dim 16, 4 heads, ``dropout_p=0``; input (B, 8) token ids. On CPU, "
+    "``Transformer.parallelize`` needs ``local_output_for_attn=True``. Not among "
+    "``composable_model``'s default models.",
+)
 
 __all__ = [
     "DEVICE_FIXTURE",
@@ -294,10 +339,14 @@ __all__ = [
     "composable_input",
     "composable_model",
     "composable_model_spec",
+    "composable_reference_model",
     "composable_seed",
     "composite_model",
     "composite_param_model",
+    "mlp",
+    "mlp_stack",
     "nested_sequential_model",
+    "transformer",
     "unit_module",
     "unit_param_module",
 ]

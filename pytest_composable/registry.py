@@ -13,11 +13,19 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from . import models
+from . import _mlp, _transformer, models
 from .rng import preserved_global_state, seeded_cpu_rng
 from .spec import ModelSpec
 
-__all__ = ["BUILTIN_MODELS", "RegistryError", "build_input", "build_model", "collect_models"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "EXTRA_MODELS",
+    "RegistryError",
+    "build_input",
+    "build_model",
+    "collect_models",
+    "with_extras",
+]
 
 
 _CPU = torch.device("cpu")
@@ -41,6 +49,30 @@ BUILTIN_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("composite_param_model", models.CompositeParamModel, _randn_input(100)),
     ModelSpec("nested_sequential_model", models.NestedSequentialModel, _randn_input(1)),
 )
+
+
+def _token_input(device: torch.device, batch: int) -> torch.Tensor:
+    args = _transformer.small_transformer_args()
+    return torch.randint(0, args.vocab_size, (batch, _transformer.SMALL_TRANSFORMER_SEQ_LEN))
+
+
+EXTRA_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("mlp", _mlp.small_mlp, _randn_input(_mlp.SMALL_MLP_DIM)),
+    ModelSpec("mlp_stack", _mlp.small_mlp_stack, _randn_input(_mlp.SMALL_MLP_DIM)),
+    ModelSpec("transformer", _transformer.small_transformer, _token_input),
+)
+"""The models of PyTorch's FSDP2 and tensor-parallel tests, at small sizes: fixtures of
+their own (``mlp``, ``mlp_stack``, ``transformer``) and names ``composable(models=[...])``
+may select, but not among the models ``composable_model`` runs over by default."""
+
+
+def with_extras(registry: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+    """``registry`` and then every :data:`EXTRA_MODELS` spec whose name it does not use
+    (a model a hook registers under one of these names wins)."""
+    known = dict(registry)
+    for spec in EXTRA_MODELS:
+        known.setdefault(spec.name, spec)
+    return known
 
 
 def collect_models(hook_results: Iterable[object]) -> dict[str, ModelSpec]:

@@ -103,6 +103,13 @@ class ComposableState:
             self._models[path] = found
         return found
 
+    def known_models(self, node: Any) -> dict[str, ModelSpec]:
+        """:meth:`models`, then the FSDP2/TP models (``mlp``, ``mlp_stack``, ``transformer``)
+        a hook did not replace: what a marker's ``models=`` and the model fixtures may name."""
+        from .registry import with_extras
+
+        return with_extras(self.models(node))
+
     def dtype_skip(self, device: torch.device, dtype: str) -> str | None:
         """Why ``device`` cannot run ``dtype`` (a skip reason), ``None`` where it can.
 

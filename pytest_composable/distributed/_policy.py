@@ -47,9 +47,11 @@ class WorldShape(NamedTuple):
 
 
 def _default_world_size(config: pytest.Config) -> int:
-    """What a marker that gives no world size gets: the launched world's size under
-    torchrun, srun or mpirun, else the session's setting (a rank the plugin started
-    collects as its main process does, so it takes the setting too)."""
+    """What a mesh's ``-1`` is resolved against where the marker gives no world size: the
+    launched world's size under torchrun, srun or mpirun, else the session's setting (a
+    rank the plugin started collects as its main process does, so it takes the setting
+    too). A test without ``mesh=`` takes the session's setting, and under a launcher is
+    skipped where that differs from the launched size."""
     if RANK_ENV not in os.environ:
         launch = detect_launch(os.environ)
         if launch is not None:
