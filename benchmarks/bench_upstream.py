@@ -20,7 +20,10 @@ removed from both sides' environment, so B's ranks run with torch's default
 (``max(1, cores // ranks)``); the threads each rank had are read back and printed.
 Target: A's median wall time at most 0.25x B's.
 
-    python benchmarks/bench_upstream.py [--rounds N]
+    python benchmarks/bench_upstream.py [--rounds N] [--upstream-threads N]
+
+``--upstream-threads N`` runs B with ``OMP_NUM_THREADS=N`` instead (not how its users
+run it: to see how much of the difference is threads and how much the harness).
 
 About 2 to 5 minutes a round on a 2-core machine, by its load (B is most of it).
 Needs ``expecttest`` (torch's harness imports it; in the ``dev`` extra).
@@ -28,6 +31,7 @@ Needs ``expecttest`` (torch's harness imports it; in the ``dev`` extra).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import os
 import shutil
@@ -35,7 +39,16 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from _harness import INI, Result, compare, main, pytest_command, scratch_dir, write
+from _harness import (
+    INI,
+    Result,
+    add_arguments,
+    apply_arguments,
+    compare,
+    pytest_command,
+    scratch_dir,
+    write,
+)
 
 DEFAULT_ROUNDS = 3
 TARGET = 0.25
@@ -81,7 +94,7 @@ def _threads(directory: Path) -> str:
     return ", ".join(f"{n} ({seen} rank-tests)" for n, seen in sorted(counts.items()))
 
 
-def measure(rounds: int) -> Result:
+def measure(rounds: int, upstream_threads: int | None = None) -> Result:
     names = {side: tests_of(HERE / source) for side, (source, _, _) in SIDES.items()}
     if names["composable"] != names["torch_harness"]:
         raise SystemExit(f"the two suites hold different tests: {names}")
@@ -95,7 +108,11 @@ def measure(rounds: int) -> Result:
                 cwd = root / directory
                 write(cwd / "pytest.ini", INI)
                 shutil.copyfile(HERE / source, cwd / "test_fsdp.py")
-                sides.append((label, pytest_command("-q", *args, "test_fsdp.py"), cwd))
+                command = pytest_command("-q", *args, "test_fsdp.py")
+                if upstream_threads is not None and directory == "torch_harness":
+                    command = ["env", f"OMP_NUM_THREADS={upstream_threads}", *command]
+                    label += f", OMP_NUM_THREADS={upstream_threads}"
+                sides.append((label, command, cwd))
             result = compare(
                 f"{tests} of PyTorch's fully_shard tests: pytest-composable vs torch's FSDPTest",
                 TARGET,
@@ -114,9 +131,14 @@ def measure(rounds: int) -> Result:
         f"  tests, both sides ({tests}, all passed in every run): "
         + ", ".join(n.split("::")[1] for n in names["composable"]),
         "  threads per rank (torch.get_num_threads() in each rank, every test of every run), "
-        "OMP_NUM_THREADS unset on both sides:",
+        + (
+            "OMP_NUM_THREADS unset on both sides:"
+            if upstream_threads is None
+            else f"OMP_NUM_THREADS unset on A's side, {upstream_threads} on B's:"
+        ),
         f"    A: {threads['composable']} (the plugin's max(1, {os.cpu_count()} cores // 2 ranks))",
-        f"    B: {threads['torch_harness']} (torch's default)",
+        f"    B: {threads['torch_harness']} "
+        + ("(torch's default)" if upstream_threads is None else "(OMP_NUM_THREADS)"),
         f"  load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         f"on {os.cpu_count()} CPUs",
     ]
@@ -125,5 +147,21 @@ def measure(rounds: int) -> Result:
     )
 
 
+def _main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser, DEFAULT_ROUNDS)
+    parser.add_argument(
+        "--upstream-threads",
+        type=int,
+        default=None,
+        help="run B with OMP_NUM_THREADS=N (default: unset, torch's default threads)",
+    )
+    args = parser.parse_args()
+    apply_arguments(args)
+    print(measure(args.rounds, args.upstream_threads).report())
+
+
 if __name__ == "__main__":
-    main(measure, DEFAULT_ROUNDS)
+    _main()

@@ -1,8 +1,8 @@
-"""Side B of ``bench_upstream.py``: twelve of PyTorch's ``fully_shard`` tests on torch's harness.
+"""Side B of ``bench_upstream.py``: eleven of PyTorch's ``fully_shard`` tests on torch's harness.
 
 Each test class and test name is that of a test in PyTorch's
-``test/distributed/_composable/fsdp/`` (eleven from ``test_fully_shard_training.py``,
-one from ``test_fully_shard_state_dict.py``), written again for this benchmark on
+``test/distributed/_composable/fsdp/test_fully_shard_training.py`` marked
+``skip_if_lt_x_gpu(N, allow_cpu=True)`` (it runs on CPU), written again for this benchmark on
 the harness torch installs (``torch.testing._internal.common_fsdp.FSDPTest``,
 ``MLP``, ``MLPStack``, ``check_sharded_parity``, and the toy ``Transformer`` of
 ``common_dtensor``): the same models, sizes, seeds, subtests, optimizers and
@@ -502,99 +502,3 @@ class TestFullyShardNDTraining(CPUFSDPTest):
             self.assertEqual(param.device_mesh.ndim, 2)
             self.assertEqual(len(param.placements), 2)
             self.assertEqual(param.device_mesh.mesh_dim_names, ("dp", "tp"))
-
-
-# --- test_fully_shard_state_dict.py ---------------------------------------------------
-
-
-class TestFullyShardStateDictMultiProcess(CPUFSDPTest):
-    @skip_if_lt_x_gpu(2)  # as upstream; on CPU it runs (FSDPTest's own check is patched)
-    def test_dp_state_dict_save_load(self):
-        fsdp_mesh = init_device_mesh(device_type.type, (self.world_size,))
-        self.run_subtests(
-            {"mlp_dim": [2, 3, 4, 5], "mesh": [fsdp_mesh]}, self._dp_state_dict_save_load
-        )
-        self.run_subtests(
-            {"mlp_dim": [16], "mesh": [fsdp_mesh], "use_shard_placement_fn": [True]},
-            self._dp_state_dict_save_load,
-        )
-        if self.world_size % 2 != 0:
-            return
-        hsdp_mesh = init_device_mesh(
-            device_type.type,
-            (self.world_size // 2, 2),
-            mesh_dim_names=("dp_replicate", "dp_shard"),
-        )
-        self.run_subtests(
-            {"mlp_dim": [2, 3, 4, 5], "mesh": [hsdp_mesh]}, self._dp_state_dict_save_load
-        )
-        self.run_subtests(
-            {"mlp_dim": [16], "mesh": [hsdp_mesh], "use_shard_placement_fn": [True]},
-            self._dp_state_dict_save_load,
-        )
-
-    def _dp_state_dict_save_load(self, mlp_dim, mesh, use_shard_placement_fn=False):
-        torch.manual_seed(42)
-        base_model = nn.Sequential(
-            MLP(mlp_dim),
-            nn.Sequential(MLP(mlp_dim), nn.Linear(mlp_dim, mlp_dim)),
-            MLP(mlp_dim),
-        )
-        shard = functools.partial(
-            fully_shard,
-            mesh=mesh,
-            shard_placement_fn=_largest_dim if use_shard_placement_fn else None,
-        )
-        # reshard_after_forward=True (the default)
-        model1 = copy.deepcopy(base_model)
-        for module in model1:
-            shard(module)
-        shard(model1)
-        self._state_dict_save_load(model1)
-        # reshard_after_forward=False, before and after a forward
-        model2 = copy.deepcopy(base_model)
-        for module in model2:
-            shard(module, reshard_after_forward=False)
-        shard(model2, reshard_after_forward=False)
-        self._state_dict_save_load(model2)
-        ref_sharded_sd = model2.state_dict()
-        model2(torch.randn((2, mlp_dim), device=device_type))  # leaves parameters unsharded
-        sharded_sd = model2.state_dict()  # the state dict hooks reshard
-        self.assertEqual(set(ref_sharded_sd), set(sharded_sd))
-        for key, value in ref_sharded_sd.items():
-            self.assertEqual(value, sharded_sd[key])
-
-    def _state_dict_save_load(self, model):
-        for name, param in model.named_parameters():
-            self.assertIsInstance(param, DTensor, f"{name} is not sharded: {type(param)}")
-        old_fill, new_fill = 1, 42 + self.rank
-        with torch.no_grad():
-            for param in model.parameters():
-                param.fill_(old_fill)
-        # The parameters are sharded now: their data pointers are the sharded data's.
-        data_ptrs = {n: p.to_local().data_ptr() for n, p in model.named_parameters()}
-        sizes = [p.size() for p in model.parameters()]
-        state_dict = model.state_dict()
-        for param, size in zip(model.parameters(), sizes, strict=True):
-            self.assertEqual(param.size(), size)
-            self.assertTrue(isinstance(param, nn.Parameter))
-        # Same keys; DTensor values sharing storage with the sharded parameters.
-        self.assertEqual(set(state_dict), set(data_ptrs))
-        for name, tensor in state_dict.items():
-            self.assertTrue(isinstance(tensor, DTensor))
-            if data_ptrs[name] == 0:  # padding (DTensor's)
-                self.assertGreater(self.rank, 0)
-                self.assertEqual(torch.count_nonzero(tensor.to_local()).item(), 0)
-            else:
-                self.assertEqual(tensor.to_local().data_ptr(), data_ptrs[name])
-        # Load a state dict whose DTensors have storages of their own (write-back).
-        new_state_dict = {n: t.detach().clone().fill_(new_fill) for n, t in state_dict.items()}
-        for param in model.parameters():
-            self.assertEqual(param.to_local(), torch.ones_like(param.to_local()) * old_fill)
-        model.load_state_dict(new_state_dict)
-        for name, param in model.named_parameters():
-            local = param.to_local()
-            self.assertEqual(local, torch.ones_like(local) * new_fill)
-            # The data pointer is kept only where the sharding is even (no padding).
-            if local.size(0) * param.device_mesh.size() == param.size(0):
-                self.assertEqual(local.data_ptr(), data_ptrs[name])
