@@ -18,7 +18,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +78,7 @@ class Result:
     """
 
     name: str
-    target: float
+    target: float | None  # None: a figure shown beside the others, held to nothing
     a: Timings
     b: Timings
     kind: str = "ratio"
@@ -105,14 +105,18 @@ class Result:
 
     @property
     def met(self) -> bool:
-        return self.ratio <= self.target
+        return self.target is None or self.ratio <= self.target
+
+    @property
+    def target_text(self) -> str:
+        return "no target" if self.target is None else f"<= {self.target:.2f}"
 
     def report(self) -> str:
-        verdict = "met" if self.met else "MISSED"
+        verdict = "" if self.target is None else (", met" if self.met else ", MISSED")
         return "\n".join(
             [
-                f"{self.name}: {self.metric} {self.ratio:.3f} (target <= {self.target:.2f}, "
-                f"{verdict}), CPU ratio {self.cpu_ratio:.3f}",
+                f"{self.name}: {self.metric} {self.ratio:.3f} ({self.target_text}{verdict}), "
+                f"CPU ratio {self.cpu_ratio:.3f}",
                 self.a.line("A", self.kind == "per-test"),
                 self.b.line("B", self.kind == "per-test"),
             ]
@@ -159,20 +163,35 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+Env = Mapping[str, str | None]
+"""Changes to a run's environment: a value sets a variable, ``None`` removes it."""
+
+
+def environment_with(env: Env | None) -> dict[str, str]:
+    """:func:`_environment` with ``env``'s changes."""
+    merged = _environment()
+    for name, value in (env or {}).items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return merged
+
+
 def run_once(
     command: Sequence[str],
     cwd: Path,
     expect_output: str,
     expect_code: int | None = 0,
-    env: dict[str, str] | None = None,
+    env: Env | None = None,
 ) -> tuple[float, float]:
-    """Wall and CPU time of one run of ``command`` (``env``: added to the environment);
+    """Wall and CPU time of one run of ``command`` (``env``: changes to the environment);
     fails loudly unless pytest exits with ``expect_code`` (``None``: any) and prints
     ``expect_output``."""
     cpu_before = _children_cpu()
     start = time.perf_counter()
     done = subprocess.run(
-        command, cwd=cwd, env={**_environment(), **(env or {})}, capture_output=True, text=True
+        command, cwd=cwd, env=environment_with(env), capture_output=True, text=True
     )
     wall = time.perf_counter() - start
     cpu = _children_cpu() - cpu_before
@@ -203,24 +222,26 @@ def interleave(once: Callable[[int], T], rounds: int) -> tuple[list[T], list[T]]
 
 def compare(
     name: str,
-    target: float,
+    target: float | None,
     a: Side,
     b: Side,
     rounds: int,
     expect_output: str | tuple[str, str],
     *,
     codes: tuple[int | None, int | None] = (0, 0),
-    env: dict[str, str] | None = None,
+    env: Env | tuple[Env | None, Env | None] | None = None,
     kind: str = "ratio",
 ) -> Result:
     """Time A and B interleaved (see the module docstring); each run must print that text
-    (one for both sides, or A's and B's) and exit with its side's code (``None``: any)."""
+    (one for both sides, or A's and B's) and exit with its side's code (``None``: any).
+    ``env``: changes to the environment of both sides, or of A and of B."""
     sides = (a, b)
     outputs = (expect_output, expect_output) if isinstance(expect_output, str) else expect_output
+    envs = env if isinstance(env, tuple) else (env, env)
 
     def once(side: int) -> tuple[float, float]:
         _, command, cwd = sides[side]
-        return run_once(command, cwd, outputs[side], codes[side], env)
+        return run_once(command, cwd, outputs[side], codes[side], envs[side])
 
     samples = interleave(once, rounds)
 

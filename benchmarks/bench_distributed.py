@@ -1,22 +1,33 @@
 """Distributed tests: pytest-composable's kept ranks vs PyTorch's unittest harnesses.
 
-Measured side by side in one run, on the same 20 test bodies (``fully_shard``
-on ``CompositeModel``, then forward and backward; world size 2, gloo, CPU):
+On the same 20 test bodies (``fully_shard`` on ``CompositeModel``, then forward
+and backward; world size 2, gloo, CPU), each side one ``python -m pytest``
+session timed from start to exit:
 
-* ``plugin``: ``composable_world`` under plain ``pytest`` (ranks started once);
+* ``plugin``: ``composable_world`` under plain ``pytest`` (ranks started once, warm);
 * ``MultiProcessTestCase``: fresh processes for every test;
 * ``MultiProcContinuousTest``: processes kept per class.
 
-Each is one ``python -m pytest`` session, timed from start to exit. Then the
-plugin's per-test overhead: in a session of 101 trivial tests (one barrier
-each), the time from the first test's end to the last's, over 100.
+First, interleaved rounds (``_harness.compare``), medians, against
+``MultiProcContinuousTest``:
+
+* as each runs out of the box, ``OMP_NUM_THREADS`` unset on both sides (the
+  plugin gives each rank ``max(1, cores // ranks)`` intra-op threads, torch's
+  ranks take its default): target <= 0.45;
+* the harness at its best on a small machine, ``OMP_NUM_THREADS=1`` on its side
+  only: shown, no target.
+
+Then, unless ``--no-multi-process``, one session each of the plugin and
+``MultiProcessTestCase`` (``OMP_NUM_THREADS=1`` on both; target >= 10x) and the
+plugin's per-test overhead: in a session of 101 trivial tests (one barrier each),
+the time from the first test's end to the last's, over 100 (target <= 20 ms).
 
 The PyTorch harnesses need ``expecttest`` (``pip install expecttest``).
 
-    python benchmarks/bench_distributed.py [--tests 20] [--trivial 100]
+    python benchmarks/bench_distributed.py [--rounds 5] [--tests 20] [--trivial 100]
+        [--no-multi-process]
 
-Targets: plugin total at least 10x below ``MultiProcessTestCase`` and below
-``MultiProcContinuousTest``; overhead per trivial test at most 20 ms.
+Exit status 1 if the interleaved target is missed.
 """
 
 from __future__ import annotations
@@ -29,6 +40,14 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from _harness import Result, add_arguments, apply_arguments, compare, pytest_command, scratch_dir
+
+DEFAULT_ROUNDS = 5
+TARGET = 0.45
+"""The plugin's 20 sessions' time over ``MultiProcContinuousTest``'s, out of the box."""
+UNSET_THREADS: dict[str, str | None] = {"OMP_NUM_THREADS": None}
+ONE_THREAD: dict[str, str | None] = {"OMP_NUM_THREADS": "1"}
 
 BODY = """
 torch.manual_seed(0)
@@ -141,6 +160,53 @@ def test_barrier(composable_world, i):
 """
 
 
+def plugin_source(n: int) -> str:
+    return PLUGIN.format(n=n, body=textwrap.indent(BODY.strip(), " " * 4))
+
+
+def continuous_source(n: int) -> str:
+    return CONTINUOUS.format(body=textwrap.indent(BODY.strip(), " " * 8), tests=_tests(n))
+
+
+def measure(rounds: int, n: int = 20) -> list[Result]:
+    """The plugin's ``n`` ``fully_shard`` tests against ``MultiProcContinuousTest``'s,
+    interleaved rounds: out of the box (target :data:`TARGET`), then with the harness on
+    one thread per rank (no target)."""
+    with scratch_dir() as root:
+        plugin, continuous = root / "plugin", root / "continuous"
+        _write_dir(plugin, "test_plugin.py", plugin_source(n))
+        _write_dir(continuous, "test_continuous.py", continuous_source(n))
+        a = ("plugin", pytest_command("-q", "-p", "no:cacheprovider"), plugin)
+        b = (
+            "MultiProcContinuousTest",
+            pytest_command("-q", "-p", "no:cacheprovider", "-p", "no:composable"),
+            continuous,
+        )
+
+        def against(name: str, target: float | None, threads: dict[str, str | None]) -> Result:
+            return compare(
+                f"{n} fully_shard tests vs MultiProcContinuousTest, {name}",
+                target,
+                a,
+                b,
+                rounds,
+                f"{n} passed",
+                # The PyTorch harness sometimes fails at process exit after its tests passed.
+                codes=(0, None),
+                env=(UNSET_THREADS, threads),
+            )
+
+        return [
+            against("OMP_NUM_THREADS unset", TARGET, UNSET_THREADS),
+            against("OMP_NUM_THREADS=1 on its side", None, ONE_THREAD),
+        ]
+
+
+def _write_dir(directory: Path, name: str, text: str) -> None:
+    directory.mkdir(parents=True)
+    _write(directory, name, text)
+
+
 def _tests(n: int) -> str:
     return "\n".join(f"    def test_body_{i}(self):\n        self.body()\n" for i in range(n))
 
@@ -166,20 +232,38 @@ def _time(command: list[str], cwd: Path, *, must_pass: bool = True) -> tuple[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser, DEFAULT_ROUNDS)
     parser.add_argument("--tests", type=int, default=20)
     parser.add_argument("--trivial", type=int, default=100)
+    parser.add_argument(
+        "--no-multi-process",
+        action="store_true",
+        help="only the interleaved rounds against MultiProcContinuousTest",
+    )
     args = parser.parse_args()
-    n = args.tests
+    apply_arguments(args)
+    results = measure(args.rounds, args.tests)
+    for result in results:
+        print(result.report(), flush=True)
+    if not args.no_multi_process:
+        print()
+        multi_process(args.tests, args.trivial)
+    sys.exit(0 if all(r.met for r in results) else 1)
+
+
+def multi_process(n: int, trivial_tests: int) -> None:
+    """One session each: the plugin, ``MultiProcessTestCase`` and ``MultiProcContinuousTest``
+    (``OMP_NUM_THREADS=1``), and the plugin's per-test time with a trivial body."""
     pytest_cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     sources = {
-        "plugin": PLUGIN.format(n=n, body=textwrap.indent(BODY.strip(), " " * 4)),
+        "plugin": plugin_source(n),
         "MultiProcessTestCase": MULTI_PROCESS.format(
             body=textwrap.indent(BODY.strip(), " " * 12), tests=_tests(n)
         ),
-        "MultiProcContinuousTest": CONTINUOUS.format(
-            body=textwrap.indent(BODY.strip(), " " * 8), tests=_tests(n)
-        ),
+        "MultiProcContinuousTest": continuous_source(n),
     }
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as tmp:
@@ -196,7 +280,7 @@ def main() -> None:
         trivial = root / "trivial"
         trivial.mkdir()
         _write(trivial, "conftest.py", TIMER)
-        many = _write(trivial, "test_many.py", TRIVIAL.format(n=args.trivial + 1))
+        many = _write(trivial, "test_many.py", TRIVIAL.format(n=trivial_tests + 1))
         session, _ = _time([*pytest_cmd, many.name], trivial)
         stamps = [float(x) for x in (trivial / "stamps.txt").read_text().split()]
     plugin = results["plugin"]

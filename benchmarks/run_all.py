@@ -5,6 +5,9 @@
 * ``bench_collect.py``: collecting 1,000 ``composable_model`` items vs the same
   parametrization by hand (target <= 1.2);
 * ``bench_run.py``: running those 1,000 items (target <= 1.05);
+* ``bench_distributed.py``: 20 ``fully_shard`` tests vs ``MultiProcContinuousTest``,
+  ``OMP_NUM_THREADS`` unset on both sides (<= 0.45), and at ``OMP_NUM_THREADS=1`` on
+  the harness's side (shown, no target);
 * ``bench_warm.py``: warm rank start: one world test vs one plain torch test
   (<= 1.25), 20 ``fully_shard`` tests vs ``MultiProcContinuousTest`` (<= 0.6),
   a rank crash's restart (<= 0.5 s), time per trivial world test (<= 3 ms);
@@ -28,6 +31,7 @@ import sys
 from collections.abc import Callable
 
 import bench_collect
+import bench_distributed
 import bench_fail_fast
 import bench_run
 import bench_torch_free
@@ -38,6 +42,7 @@ BENCHMARKS: tuple[tuple[Callable[[int], Result | list[Result]], int], ...] = (
     (bench_torch_free.measure, bench_torch_free.DEFAULT_ROUNDS),
     (bench_collect.measure, bench_collect.DEFAULT_ROUNDS),
     (bench_run.measure, bench_run.DEFAULT_ROUNDS),
+    (bench_distributed.measure, bench_distributed.DEFAULT_ROUNDS),
     (bench_warm.measure_all, bench_warm.DEFAULT_ROUNDS),
     (bench_fail_fast.measure, bench_fail_fast.DEFAULT_ROUNDS),
 )
@@ -52,7 +57,7 @@ def table(results: list[Result]) -> str:
             f"{r.b.wall_median:.4f} s",
             r.metric,
             f"{r.ratio:.3f}",
-            f"<= {r.target:.2f}",
+            r.target_text,
             f"{r.cpu_ratio:.3f}",
             "met" if r.met else "MISSED",
         )
