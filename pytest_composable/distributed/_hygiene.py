@@ -105,6 +105,23 @@ def _cwd() -> str | None:
         return None
 
 
+def _default_device(torch: Any) -> Any:
+    try:
+        return torch.get_default_device()
+    except AttributeError:  # torch < 2.7, after set_default_device(None): the CPU
+        return torch.device("cpu")
+
+
+def _no_default_device(torch: Any) -> None:
+    """Drop any default device: the CPU, without a device context (which would intercept
+    every factory call). On torch < 2.7, ``set_default_device(None)`` leaves a context of
+    ``None`` that ``get_default_device`` then fails on: that is removed too."""
+    torch.set_default_device(None)
+    local = getattr(torch, "_GLOBAL_DEVICE_CONTEXT", None)
+    if local is not None and getattr(local, "device_context", False) is None:
+        del local.device_context
+
+
 def capture() -> State:
     """The process state a test may change and the next test must not see changed."""
     import torch
@@ -112,7 +129,7 @@ def capture() -> State:
     cudnn = torch.backends.cudnn
     state: State = {
         "default dtype": torch.get_default_dtype(),
-        "default device": torch.get_default_device(),
+        "default device": _default_device(torch),
         "grad mode": torch.is_grad_enabled(),
         "deterministic algorithms": (
             torch.are_deterministic_algorithms_enabled(),
@@ -142,8 +159,10 @@ def _set(key: str, value: Any) -> None:
     elif key == "default dtype":
         torch.set_default_dtype(value)
     elif key == "default device":
-        # The CPU is torch's default without any device context: none is left behind.
-        torch.set_default_device(None if value == torch.device("cpu") else value)
+        if value == torch.device("cpu"):
+            _no_default_device(torch)
+        else:
+            torch.set_default_device(value)
     elif key == "grad mode":
         torch.set_grad_enabled(value)
     elif key == "deterministic algorithms":
