@@ -41,6 +41,7 @@ __all__ = [
     "Hygiene",
     "apply_threads",
     "capture",
+    "machine_ranks",
     "measure",
     "rank_threads",
     "release_heap",
@@ -64,6 +65,15 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # no sched_getaffinity (macOS)
         return os.cpu_count() or 1
+
+
+def machine_ranks(environ: Mapping[str, str], world_size: int) -> int:
+    """How many plugin-started ranks share this machine while a pool of ``world_size`` runs:
+    its own, times the pytest-xdist workers (each runs one pool at a time)."""
+    workers = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    # A worker count is a few digits; anything else is not one.
+    count = int(workers) if workers.isascii() and workers.isdigit() and len(workers) <= 6 else 1
+    return world_size * max(1, count)
 
 
 def rank_threads(environ: Mapping[str, str], ranks_on_node: int) -> int | None:

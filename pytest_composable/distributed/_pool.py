@@ -60,7 +60,7 @@ import pytest
 from . import _supervise
 from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV, THREADS_ENV
 from ._fork_safety import unsafe_reason
-from ._hygiene import grown, rank_threads, threads_note
+from ._hygiene import grown, machine_ranks, rank_threads, threads_note
 from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
 from ._lockstep import tail as _tail
 from ._options import settings_of
@@ -178,11 +178,12 @@ class RankPool:
     waits until they joined. On any error or interruption while doing either,
     everything is killed and removed.
 
-    Each rank gets ``max(1, usable cores // world_size)`` intra-op threads
-    (:func:`~._hygiene.rank_threads`: ``OMP_NUM_THREADS`` in its environment, which a cold
-    rank's torch reads at import, and in its spec, which a warm rank applies) unless the
-    user set ``OMP_NUM_THREADS``. After each test the ranks report their memory; past the
-    session's rank memory limit, :attr:`recycle` says why the pool must start again.
+    Each rank gets ``max(1, usable cores // ranks on the machine)`` intra-op threads
+    (:func:`~._hygiene.rank_threads`; the ranks of every pytest-xdist worker count)
+    unless the user set ``OMP_NUM_THREADS``: in its environment, which a cold rank's
+    torch reads at import, and in its spec, which a warm rank applies. After each test
+    the ranks report their memory; past the session's rank memory limit,
+    :attr:`recycle` says why the pool must start again.
     """
 
     def __init__(
@@ -201,8 +202,8 @@ class RankPool:
         # The timeout the ranks' group is made with, where it cannot be changed later.
         self.pg_timeout = pg_timeout
         self.template = template
-        # Every rank of the pool runs on this machine.
-        self.threads = rank_threads(os.environ, world_size)
+        # Every rank of the pool runs on this machine, beside other workers' pools.
+        self.threads = rank_threads(os.environ, machine_ranks(os.environ, world_size))
         limit = settings_of(config).memory_limit
         self.memory_limit = None if limit is None else limit * _MIB  # bytes of growth
         self.joined: dict[int, Memory] = {}  # each rank's memory as it joined (Ready)

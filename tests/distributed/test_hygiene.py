@@ -432,6 +432,14 @@ def test_the_thread_rule(
     assert _hygiene.rank_threads({"OMP_NUM_THREADS": "5"}, ranks) is None
 
 
+@pytest.mark.parametrize(
+    ("workers", "ranks"), [(None, 2), ("1", 2), ("4", 8), ("x", 2), ("1234567", 2)]
+)
+def test_pytest_xdist_workers_share_the_cores(workers: str | None, ranks: int) -> None:
+    environ = {} if workers is None else {"PYTEST_XDIST_WORKER_COUNT": workers}
+    assert _hygiene.machine_ranks(environ, 2) == ranks
+
+
 def test_the_cores_follow_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5, 7}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
