@@ -351,17 +351,17 @@ class RankPool:
                 if isinstance(message, Ready):
                     self.joined[rank] = message.memory
                     self.rank_threads[rank] = message.threads
-                if not isinstance(message, Ready):
-                    detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
-                    exit_text = describe_exit(self.wait_exit(rank))
-                    late = sorted(waiting.values())
-                    also = f"; rank(s) {_ranks(late)} had not joined yet" if late else ""
-                    raise PoolError(
-                        self._startup_problem(
-                            f"rank {rank} failed to join the world ({exit_text}){also}{detail}",
-                            [rank, *late],
-                        )
+                    continue
+                detail = f":\n{message.traceback}" if isinstance(message, Crash) else ""
+                exit_text = describe_exit(self.wait_exit(rank))
+                late = sorted(waiting.values())
+                also = f"; rank(s) {_ranks(late)} had not joined yet" if late else ""
+                raise PoolError(
+                    self._startup_problem(
+                        f"rank {rank} failed to join the world ({exit_text}){also}{detail}",
+                        [rank, *late],
                     )
+                )
 
     def wait_exit(self, rank: int, seconds: float = 5.0) -> int | None:
         with contextlib.suppress(subprocess.TimeoutExpired):
