@@ -14,12 +14,18 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-# The device variable, and pytest-xdist's worker variables, which are set in this
-# very process when the suite runs under ``-n``. PYTEST_COMPOSABLE_START is kept on
-# purpose: ``make test-cold`` runs the whole suite, and every pytest run it starts,
+# The plugin's settings (a user's PYTEST_COMPOSABLE_WORLD_SIZE would change what every
+# pytest run of the suite asks for), and pytest-xdist's worker variables, which are set
+# in this very process when the suite runs under ``-n``. PYTEST_COMPOSABLE_START is kept
+# on purpose: ``make test-cold`` runs the whole suite, and every pytest run it starts,
 # with cold rank start through it.
 ISOLATED_ENV = (
     "PYTEST_COMPOSABLE_DEVICE",
+    "PYTEST_COMPOSABLE_DTYPE",
+    "PYTEST_COMPOSABLE_WORLD_SIZE",
+    "PYTEST_COMPOSABLE_TIMEOUT",
+    "PYTEST_COMPOSABLE_BACKEND",
+    "PYTEST_COMPOSABLE_RANK_MEMORY_LIMIT",
     "PYTEST_XDIST_WORKER",
     "PYTEST_XDIST_WORKER_COUNT",
     "PYTEST_XDIST_TESTRUNUID",
@@ -33,7 +39,8 @@ NO_HYPOTHESIS = "-p no:hypothesispytest"
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts without the device variable and outside any xdist worker."""
+    """Every test starts without the plugin's setting variables (but the start mode) and
+    outside any xdist worker."""
     for name in ISOLATED_ENV:
         monkeypatch.delenv(name, raising=False)
     if "pytester" in request.fixturenames:

@@ -127,18 +127,33 @@ def assert_no_pool_directory(temp: Path, within: float = 10.0) -> None:
     assert not list(temp.glob("composable-ranks-*"))
 
 
+def name_setting(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+    value: str,
+    setting: str = "device",
+) -> tuple[list[str], str]:
+    """Name ``value`` for the ``composable_<setting>`` setting through ``source`` (``cli``,
+    ``env``, ``ini`` or an ini setting's own name): the arguments to run pytest with, and
+    how the plugin's messages name the source."""
+    if source == "cli":
+        return [f"--composable-{setting}={value}"], f"--composable-{setting}"
+    if source == "env":
+        env = f"PYTEST_COMPOSABLE_{setting.upper()}"
+        monkeypatch.setenv(env, value)
+        return [], env
+    ini = f"composable_{setting}" if source == "ini" else source
+    pytester.makeini(f"[pytest]\n{ini} = {value}\n")
+    return [], f"{ini} ini"
+
+
 def name_devices(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, spec: str
 ) -> tuple[list[str], str]:
-    """Name ``spec`` through ``source`` (``cli``, ``env`` or an ini setting's name):
-    the arguments to run pytest with, and how the plugin's messages name the source."""
-    if source == "cli":
-        return [f"--composable-device={spec}"], "--composable-device"
-    if source == "env":
-        monkeypatch.setenv(DEVICE_ENV, spec)
-        return [], DEVICE_ENV
-    pytester.makeini(f"[pytest]\n{source} = {spec}\n")
-    return [], f"{source} ini"
+    """:func:`name_setting` for the devices (``source`` may be ``composable_devices``, the
+    alias ini setting)."""
+    return name_setting(pytester, monkeypatch, source, spec)
 
 
 def launch(path: Path, command: list[str], env: Mapping[str, str] | None = None) -> Popen[str]:

@@ -25,6 +25,7 @@ from tests.helpers import (
     assert_no_plugin_frames,
     assert_usage_error,
     collected_ids,
+    name_setting,
     verbose_outcomes,
 )
 from tests.test_simulated_accelerators import simulate_cuda
@@ -547,18 +548,6 @@ def test_the_real_probe_skips_a_device_it_cannot_use(
 # --- bad input ----------------------------------------------------------------------
 
 
-def _name_dtypes(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str, value: str
-) -> tuple[list[str], str]:
-    if source == "cli":
-        return [f"--composable-dtype={value}"], "--composable-dtype"
-    if source == "env":
-        monkeypatch.setenv(DTYPE_ENV, value)
-        return [], DTYPE_ENV
-    pytester.makeini(f"[pytest]\ncomposable_dtype = {value}\n")
-    return [], "composable_dtype ini"
-
-
 @pytest.mark.parametrize("source", ["cli", "env", "ini"])
 @pytest.mark.parametrize("value", ["int64", "fp8", "complex64", "bf16,int64", "torch.int64"])
 def test_a_bad_dtype_is_a_usage_error(
@@ -566,7 +555,7 @@ def test_a_bad_dtype_is_a_usage_error(
 ) -> None:
     """At configure, before collection, even in a suite that never uses the fixture."""
     pytester.makepyfile(test_x=PLAIN_TEST)
-    args, named = _name_dtypes(pytester, monkeypatch, source, value)
+    args, named = name_setting(pytester, monkeypatch, source, value, "dtype")
     bad = value.split(",")[-1]
     result = pytester.runpytest(*args)
     assert_usage_error(
@@ -582,7 +571,7 @@ def test_an_empty_dtype_value_is_a_usage_error(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, source: str
 ) -> None:
     pytester.makepyfile(test_x=PLAIN_TEST)
-    args, named = _name_dtypes(pytester, monkeypatch, source, "")
+    args, named = name_setting(pytester, monkeypatch, source, "", "dtype")
     result = pytester.runpytest(*args)
     assert_usage_error(result, f"ERROR: composable: {named}: no dtype given; known: float16*")
 
