@@ -14,6 +14,7 @@ __all__ = [
     "MEMORY_LIMIT_ENV",
     "MIN_START_TIMEOUT",
     "MIN_WARM_START_TIMEOUT",
+    "NOTES_OUTPUT",
     "RANK_ENV",
     "START_ENV",
     "START_MODES",
@@ -76,3 +77,7 @@ string of any length."""
 THREADS_ENV = "OMP_NUM_THREADS"
 """Where a user chooses the ranks' intra-op thread count (OpenMP's own variable, which torch
 reads): set, it is passed to the ranks as it is; unset, the plugin chooses."""
+NOTES_OUTPUT = "composable_rank_notes"
+"""The key of a pytest-xdist worker's notes about its ranks in its ``workeroutput``: a dict
+with ``"recycled"`` (one line per pool restarted for memory) and ``"threads"`` (the thread
+line, or ``None``), for the controller's terminal summary."""

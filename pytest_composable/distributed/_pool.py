@@ -58,7 +58,13 @@ from typing import Protocol
 import pytest
 
 from . import _supervise
-from ._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT, RANK_ENV, THREADS_ENV
+from ._constants import (
+    MIN_START_TIMEOUT,
+    MIN_WARM_START_TIMEOUT,
+    NOTES_OUTPUT,
+    RANK_ENV,
+    THREADS_ENV,
+)
 from ._fork_safety import unsafe_reason
 from ._hygiene import grown, machine_ranks, rank_threads, threads_note
 from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
@@ -89,7 +95,6 @@ _STALE_AFTER = 60.0  # a directory younger than this may still be taking its loc
 _STOP_WAIT = 10.0
 _JOIN_GRACE = 5.0
 _MIB = 2**20
-_NOTES_OUTPUT = "composable_rank_notes"  # a pytest-xdist worker's notes, for its controller
 
 # The reaper: reads its stdin until the main process's end of the pipe closes, then
 # asks each rank's supervisor to end its rank and all the rank started (SIGTERM, as
@@ -725,17 +730,22 @@ class _Notes:
     def __init__(self, launcher: Launcher) -> None:
         self.launcher = launcher
 
-    def lines(self, verbosity: int) -> list[str]:
-        lines = list(self.launcher.recycled)
-        if self.launcher.threads and verbosity >= 0:
-            lines.append(threads_note(self.launcher.threads, os.environ.get(THREADS_ENV)))
-        return lines
+    def threads_line(self) -> str | None:
+        if not self.launcher.threads:
+            return None
+        return threads_note(self.launcher.threads, os.environ.get(THREADS_ENV))
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         workeroutput = getattr(session.config, "workeroutput", None)
         if isinstance(workeroutput, dict):
-            workeroutput[_NOTES_OUTPUT] = self.lines(0)
+            workeroutput[NOTES_OUTPUT] = {
+                "recycled": list(self.launcher.recycled),
+                "threads": self.threads_line(),
+            }
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        for line in self.lines(terminalreporter.config.get_verbosity()):
+        for line in self.launcher.recycled:
             terminalreporter.write_line(line)
+        threads = self.threads_line()
+        if threads is not None and terminalreporter.config.get_verbosity() >= 0:
+            terminalreporter.write_line(threads)

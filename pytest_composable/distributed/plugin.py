@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ..marker import MarkerError, read_marker
-from ._constants import FAKE_FIXTURE, RANK_ENV, WORLD_FIXTURE
+from ._constants import FAKE_FIXTURE, NOTES_OUTPUT, RANK_ENV, WORLD_FIXTURE
 from ._mesh import layout_id
 from ._options import SETTINGS_KEY, add_options, read_settings, settings_of
 from ._policy import (
@@ -64,6 +64,9 @@ _COLD_OUTPUT = "composable_cold_reason"
 _PROBLEMS_OUTPUT = "composable_rank_problems"
 _WORKER_PROBLEMS = pytest.StashKey[list[str]]()
 _PROBLEMS = pytest.StashKey[list[str]]()  # what this session reports of its ranks at the end
+# pytest-xdist controller: the workers' pools restarted for memory, and their thread lines.
+_WORKER_RECYCLED = pytest.StashKey[list[str]]()
+_WORKER_THREADS = pytest.StashKey[dict[str, None]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -150,6 +153,14 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     if isinstance(problems, list):
         found = node.config.stash.setdefault(_WORKER_PROBLEMS, [])
         found += [f"[{worker}] {problem}" for problem in problems]
+    notes = output.get(NOTES_OUTPUT)
+    if isinstance(notes, dict):
+        recycled = node.config.stash.setdefault(_WORKER_RECYCLED, [])
+        recycled += [f"[{worker}] {line}" for line in notes.get("recycled") or ()]
+        threads = notes.get("threads")
+        if isinstance(threads, str):
+            # Every worker's ranks follow one rule: its line once, whoever said it.
+            node.config.stash.setdefault(_WORKER_THREADS, {})[threads] = None
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -161,6 +172,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(problem)
     for line in _cold_start_lines(config):
         terminalreporter.write_line(line)
+    for line in config.stash.get(_WORKER_RECYCLED, []):
+        terminalreporter.write_line(line)
+    if config.get_verbosity() >= 0:
+        for line in config.stash.get(_WORKER_THREADS, {}):
+            terminalreporter.write_line(line)
 
 
 def _hand_to_controller(config: pytest.Config, key: str, value: object) -> bool:

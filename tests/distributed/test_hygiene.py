@@ -367,6 +367,21 @@ def test_a_pool_past_the_memory_limit_is_recycled_saying_so(
     )
 
 
+def test_xdist_controller_shows_the_workers_notes(pytester: pytest.Pytester) -> None:
+    """A pytest-xdist worker's summary is not shown: its controller shows each worker's
+    restart lines (named by worker) and the thread line once."""
+    pytester.makepyfile(test_memory=MEMORY)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "xdist", "-n", "1", "--composable-rank-memory-limit=64"
+    )
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        ["[[]gw0[]] composable: restarted the 2 ranks on cpu before test_memory.py::*"]
+    )
+    threads = [line for line in result.outlines if "intra-op threads per rank" in line]
+    assert len(threads) == 1, output_of(result)
+
+
 def test_off_keeps_the_pool(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_memory=MEMORY)
     result = pytester.runpytest_subprocess(
