@@ -12,7 +12,9 @@
   (<= 1.25), 20 ``fully_shard`` tests vs ``MultiProcContinuousTest`` (<= 0.6),
   a rank crash's restart (<= 0.5 s), time per trivial world test (<= 3 ms);
 * ``bench_fail_fast.py``: one rank fails while the other waits in a collective: the
-  time added to the failed report (<= 3 s, at a 120 s deadline).
+  time added to the failed report (<= 3 s, at a 120 s deadline);
+* ``bench_mesh.py``: per world test after the first, a kept 2x2 mesh vs a 1-D world
+  of 4 (<= 1.05).
 
 Exit status 1 if any target is missed.
 
@@ -33,6 +35,7 @@ from collections.abc import Callable
 import bench_collect
 import bench_distributed
 import bench_fail_fast
+import bench_mesh
 import bench_run
 import bench_torch_free
 import bench_warm
@@ -45,6 +48,7 @@ BENCHMARKS: tuple[tuple[Callable[[int], Result | list[Result]], int], ...] = (
     (bench_distributed.measure, bench_distributed.DEFAULT_ROUNDS),
     (bench_warm.measure_all, bench_warm.DEFAULT_ROUNDS),
     (bench_fail_fast.measure, bench_fail_fast.DEFAULT_ROUNDS),
+    (bench_mesh.measure, bench_mesh.DEFAULT_ROUNDS),
 )
 
 
