@@ -14,7 +14,10 @@
 * ``bench_fail_fast.py``: one rank fails while the other waits in a collective: the
   time added to the failed report (<= 3 s, at a 120 s deadline);
 * ``bench_mesh.py``: per world test after the first, a kept 2x2 mesh vs a 1-D world
-  of 4 (<= 1.05).
+  of 4 (<= 1.05);
+* ``bench_upstream.py``: 11 of PyTorch's own ``fully_shard`` training tests ported to
+  the plugin vs the same tests on torch's ``FSDPTest`` (patched for CPU), each at the
+  threads its users run it with (<= 0.25; about 9 minutes).
 
 Exit status 1 if any target is missed.
 
@@ -38,6 +41,7 @@ import bench_fail_fast
 import bench_mesh
 import bench_run
 import bench_torch_free
+import bench_upstream
 import bench_warm
 from _harness import Result, add_arguments, apply_arguments
 
@@ -49,6 +53,7 @@ BENCHMARKS: tuple[tuple[Callable[[int], Result | list[Result]], int], ...] = (
     (bench_warm.measure_all, bench_warm.DEFAULT_ROUNDS),
     (bench_fail_fast.measure, bench_fail_fast.DEFAULT_ROUNDS),
     (bench_mesh.measure, bench_mesh.DEFAULT_ROUNDS),
+    (bench_upstream.measure, bench_upstream.DEFAULT_ROUNDS),
 )
 
 
