@@ -286,78 +286,84 @@ class Transformer(nn.Module):
         if tp_mesh is None:
             raise ValueError("Transformer.parallelize needs a tp_mesh")
 
-        from torch.distributed.tensor import Replicate, Shard
-        from torch.distributed.tensor.parallel import (
-            ColwiseParallel,
-            PrepareModuleInput,
-            RowwiseParallel,
-            SequenceParallel,
-            parallelize_module,
-        )
+        return _tensor_parallel(module, tp_mesh, use_seq_parallel, local_output_for_attn)
 
-        root_plan: dict[str, ParallelStyle]
+
+def _tensor_parallel(
+    module: Transformer,
+    tp_mesh: DeviceMesh,
+    use_seq_parallel: bool,
+    local_output_for_attn: bool,
+) -> Transformer:
+    """The plan of :meth:`Transformer.parallelize`, applied (its arguments checked)."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    root_plan: dict[str, ParallelStyle]
+    if use_seq_parallel:
+        root_plan = {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "pos_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(0)),
+            "norm": SequenceParallel(),
+        }
+    else:
+        root_plan = {
+            "tok_embeddings": RowwiseParallel(
+                input_layouts=Replicate(), output_layouts=Replicate()
+            ),
+            "pos_embeddings": RowwiseParallel(
+                input_layouts=Replicate(), output_layouts=Replicate()
+            ),
+        }
+    parallelize_module(module, tp_mesh, root_plan)
+
+    for layer in _blocks(module):
+        layer_plan: dict[str, ParallelStyle] = {}
         if use_seq_parallel:
-            root_plan = {
-                "tok_embeddings": RowwiseParallel(
-                    input_layouts=Replicate(), output_layouts=Shard(1)
-                ),
-                "pos_embeddings": RowwiseParallel(
-                    input_layouts=Replicate(), output_layouts=Shard(0)
-                ),
-                "norm": SequenceParallel(),
-            }
-        else:
-            root_plan = {
-                "tok_embeddings": RowwiseParallel(
-                    input_layouts=Replicate(), output_layouts=Replicate()
-                ),
-                "pos_embeddings": RowwiseParallel(
-                    input_layouts=Replicate(), output_layouts=Replicate()
-                ),
-            }
-        parallelize_module(module, tp_mesh, root_plan)
-
-        for layer in _blocks(module):
-            layer_plan: dict[str, ParallelStyle] = {}
-            if use_seq_parallel:
-                layer_plan["attention"] = PrepareModuleInput(
-                    input_layouts=Shard(1),
-                    desired_input_layouts=Replicate(),
-                )
-                layer_plan["attention_norm"] = SequenceParallel()
-                layer_plan["ffn_norm"] = SequenceParallel()
-            layer_plan["attention.wq"] = ColwiseParallel(use_local_output=local_output_for_attn)
-            layer_plan["attention.wk"] = ColwiseParallel(use_local_output=local_output_for_attn)
-            layer_plan["attention.wv"] = ColwiseParallel(use_local_output=local_output_for_attn)
-            layer_plan["attention.wo"] = (
-                RowwiseParallel(output_layouts=Shard(1)) if use_seq_parallel else RowwiseParallel()
+            layer_plan["attention"] = PrepareModuleInput(
+                input_layouts=Shard(1),
+                desired_input_layouts=Replicate(),
             )
-            layer_plan["feed_forward.w1"] = (
-                ColwiseParallel(input_layouts=Shard(1)) if use_seq_parallel else ColwiseParallel()
-            )
-            layer_plan["feed_forward.w2"] = (
-                RowwiseParallel(output_layouts=Shard(1)) if use_seq_parallel else RowwiseParallel()
-            )
-            parallelize_module(layer, tp_mesh, layer_plan)
-
-        # With weight tying, output.weight is set back to tok_embeddings.weight below, so
-        # it is sharded as the embedding is, at the cost of RowwiseParallel's all-reduce.
-        output_plan = (
-            ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
-            if use_seq_parallel
-            else ColwiseParallel(output_layouts=Replicate())
+            layer_plan["attention_norm"] = SequenceParallel()
+            layer_plan["ffn_norm"] = SequenceParallel()
+        layer_plan["attention.wq"] = ColwiseParallel(use_local_output=local_output_for_attn)
+        layer_plan["attention.wk"] = ColwiseParallel(use_local_output=local_output_for_attn)
+        layer_plan["attention.wv"] = ColwiseParallel(use_local_output=local_output_for_attn)
+        layer_plan["attention.wo"] = (
+            RowwiseParallel(output_layouts=Shard(1)) if use_seq_parallel else RowwiseParallel()
         )
-        parallelize_module(module.output, tp_mesh, output_plan)
+        layer_plan["feed_forward.w1"] = (
+            ColwiseParallel(input_layouts=Shard(1)) if use_seq_parallel else ColwiseParallel()
+        )
+        layer_plan["feed_forward.w2"] = (
+            RowwiseParallel(output_layouts=Shard(1)) if use_seq_parallel else RowwiseParallel()
+        )
+        parallelize_module(layer, tp_mesh, layer_plan)
 
-        if local_output_for_attn:
-            for layer in _blocks(module):
-                layer.attention.n_heads = module.model_args.n_heads // tp_mesh.size()
+    # With weight tying, output.weight is set back to tok_embeddings.weight below, so
+    # it is sharded as the embedding is, at the cost of RowwiseParallel's all-reduce.
+    output_plan = (
+        ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate())
+        if use_seq_parallel
+        else ColwiseParallel(output_layouts=Replicate())
+    )
+    parallelize_module(module.output, tp_mesh, output_plan)
 
-        # Share the parameter (and its gradient) again.
-        if module.model_args.weight_tying:
-            module.output.weight = module.tok_embeddings.weight
+    if local_output_for_attn:
+        for layer in _blocks(module):
+            layer.attention.n_heads = module.model_args.n_heads // tp_mesh.size()
 
-        return module
+    # Share the parameter (and its gradient) again.
+    if module.model_args.weight_tying:
+        module.output.weight = module.tok_embeddings.weight
+
+    return module
 
 
 def _blocks(module: Transformer) -> list[TransformerBlock]:
