@@ -149,7 +149,12 @@ class GroupSets:
         then the groups torch saw before that teardown."""
         owner = self.active
         before: list[str] = []
-        fixturedef.addfinalizer(lambda: self.activate(before.pop()))  # runs last
+
+        def restore() -> None:  # runs last
+            if before:  # empty where the setup raised: it registered no own_groups below
+                self.activate(before.pop())
+
+        fixturedef.addfinalizer(restore)
         yield  # the fixture's setup
 
         def own_groups() -> None:

@@ -595,6 +595,12 @@ def composable_shared_tmp_path(request: pytest.FixtureRequest, tmp_path: Path) -
     import torch
     import torch.distributed as dist
 
-    shared = [str(tmp_path) if dist.get_rank() == 0 else None]
-    dist.broadcast_object_list(shared, src=0, device=torch.device("cpu"))
-    return Path(str(shared[0]))
+    # Bytes in uint8 tensors: broadcast_object_list needs numpy, which users may lack.
+    path = str(tmp_path).encode() if dist.get_rank() == 0 else b""
+    size = torch.tensor([len(path)], dtype=torch.long)
+    dist.broadcast(size, src=0)
+    data = torch.tensor(list(path), dtype=torch.uint8) if path else None
+    if data is None:
+        data = torch.zeros(int(size.item()), dtype=torch.uint8)
+    dist.broadcast(data, src=0)
+    return Path(bytes(data.tolist()).decode())

@@ -21,6 +21,7 @@ __all__ = [
     "backend_for",
     "build_mesh",
     "cached_mesh",
+    "clear_dtensor_caches",
     "forget_meshes",
     "make_world",
 ]
@@ -135,7 +136,10 @@ def cached_mesh(device_type: str, world_size: int, layout: MeshLayout | None) ->
     later one (its sub-groups are made once); made again where a test destroyed a group."""
     key = (device_type, layout)
     mesh = _meshes.get(key)
-    if mesh is None or not _alive(mesh):
+    if mesh is not None and not _alive(mesh):
+        clear_dtensor_caches()
+        mesh = None
+    if mesh is None:
         mesh = _meshes[key] = build_mesh(device_type, world_size, layout)
     return mesh
 
@@ -163,5 +167,33 @@ def make_world(
 
 
 def forget_meshes() -> None:
-    """Drop cached meshes (before the process group they belong to is destroyed)."""
+    """Drop cached meshes (before the process group they belong to is destroyed), and the
+    DTensor caches that may hold them."""
     _meshes.clear()
+    clear_dtensor_caches()
+
+
+def clear_dtensor_caches() -> None:
+    """Empty DTensor's sharding-propagation and redistribution caches.
+
+    Their entries hold the ``DeviceMesh`` of the tensors they were made for, and a mesh
+    equals another of the same shape whatever its process groups: after the groups are
+    made again, a cached entry would hand a later test's DTensor the old mesh, whose
+    groups are gone ("Could not resolve the process group registered under the name
+    0"). What each torch version keeps differs, so each cache is cleared where it exists.
+    """
+    import sys
+
+    if "torch.distributed.tensor" not in sys.modules:
+        return  # no DTensor made here: nothing cached
+    import torch
+    from torch.distributed.tensor import DTensor, _redistribute
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    for cache in (
+        getattr(propagator.propagate_op_sharding, "cache_clear", None),
+        getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None),
+        getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
+    ):
+        if cache is not None:
+            cache()

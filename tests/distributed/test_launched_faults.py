@@ -244,3 +244,55 @@ def test_srun_environment_ends_the_wait_too(pytester: pytest.Pytester) -> None:
     assert "2 failed, 3 passed" in outputs[0], outputs[0]
     assert launches[0].returncode == pytest.ExitCode.TESTS_FAILED, outputs[0]
     assert launches[1].returncode == pytest.ExitCode.OK, outputs[1]
+
+
+AFTER_A_REMAKE = """
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.tensor import distribute_tensor, Shard
+
+pytestmark = pytest.mark.composable(devices=["cpu"])
+
+
+def _gathered(world):
+    # A DTensor op and a redistribution: torch caches both with the mesh they ran on.
+    tensor = distribute_tensor(torch.arange(4.0), world.mesh, [Shard(0)])
+    return (tensor * 2).full_tensor()
+
+
+def test_before(composable_world):
+    assert _gathered(composable_world).tolist() == [0.0, 2.0, 4.0, 6.0]
+
+
+@pytest.fixture
+def fails_on_rank1(composable_world):
+    if composable_world.rank == 1:
+        raise RuntimeError("setup fails on rank 1")
+
+
+def test_setup_fails_on_rank1(composable_world, fails_on_rank1):
+    dist.all_reduce(torch.ones(1))
+
+
+def test_after(composable_world, composable_shared_tmp_path):
+    assert _gathered(composable_world).tolist() == [0.0, 2.0, 4.0, 6.0]
+    (composable_shared_tmp_path / str(composable_world.rank)).touch()
+    dist.barrier()
+    assert sorted(p.name for p in composable_shared_tmp_path.iterdir()) == ["0", "1"]
+"""
+
+
+def test_dtensors_and_fixtures_after_a_failed_setup(pytester: pytest.Pytester) -> None:
+    """A fixture whose setup fails on one rank while the other waits: the wait is ended,
+    the failed fixture's teardown raises nothing of the plugin's, and the next test's
+    DTensors work on the world made again (torch's DTensor caches held the old mesh, whose
+    groups were gone). ``composable_shared_tmp_path`` needs no numpy (``make
+    runtime-check`` runs this in a venv without it)."""
+    pytester.makepyfile(test_remake=AFTER_A_REMAKE)
+    output = _output(_torchrun(pytester.path))
+    assert "1 failed, 2 passed, 1 error" in output, output
+    assert "ERROR test_remake.py::test_setup_fails_on_rank1[cpu] - RuntimeError: setup" in output
+    assert "IndexError" not in output, output
+    assert "Could not resolve the process group" not in output, output
