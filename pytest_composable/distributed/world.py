@@ -106,6 +106,7 @@ class RankContext:
 
 
 _meshes: dict[tuple[str, MeshLayout | None], DeviceMesh] = {}
+_stale = False  # groups were made again since DTensor's caches were last cleared
 
 
 def build_mesh(device_type: str, world_size: int, layout: MeshLayout | None) -> DeviceMesh:
@@ -134,11 +135,16 @@ def _alive(mesh: DeviceMesh) -> bool:
 def cached_mesh(device_type: str, world_size: int, layout: MeshLayout | None) -> DeviceMesh:
     """The mesh of this layout, made on the first test that asks for it and kept for every
     later one (its sub-groups are made once); made again where a test destroyed a group."""
+    global _stale
     key = (device_type, layout)
     mesh = _meshes.get(key)
     if mesh is not None and not _alive(mesh):
-        clear_dtensor_caches()
+        _stale = True
         mesh = None
+    if _stale:
+        # Here, in the thread that runs the tests: torch keeps some caches per thread.
+        clear_dtensor_caches()
+        _stale = False
     if mesh is None:
         mesh = _meshes[key] = build_mesh(device_type, world_size, layout)
     return mesh
@@ -167,10 +173,11 @@ def make_world(
 
 
 def forget_meshes() -> None:
-    """Drop cached meshes (before the process group they belong to is destroyed), and the
-    DTensor caches that may hold them."""
+    """Drop cached meshes (before the process group they belong to is destroyed); the next
+    mesh made clears the DTensor caches that may hold them first."""
+    global _stale
     _meshes.clear()
-    clear_dtensor_caches()
+    _stale = True
 
 
 def clear_dtensor_caches() -> None:
@@ -189,9 +196,11 @@ def clear_dtensor_caches() -> None:
     import torch
     from torch.distributed.tensor import DTensor, _redistribute
 
-    propagator = DTensor._op_dispatcher.sharding_propagator
+    propagate = DTensor._op_dispatcher.sharding_propagator.propagate_op_sharding
     for cache in (
-        getattr(propagator.propagate_op_sharding, "cache_clear", None),
+        getattr(propagate, "cache_clear", None),
+        # torch 2.6: a per-thread lru_cache wrapper without cache_clear of its own.
+        getattr(getattr(propagate, "cache", None), "cache_clear", None),
         getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None),
         getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
     ):
