@@ -47,6 +47,7 @@ class ComposableState:
         # Per device: why it cannot run each dtype (None: it can), probed once.
         self._dtype_support: dict[str, dict[str, str | None]] = {}
         self._models: dict[Path, dict[str, ModelSpec]] = {}
+        self._known: dict[Path, dict[str, ModelSpec]] = {}
         self._header_named_devices = False
         self.gpu_share: GpuShare | None = None  # set by discovery, under pytest-xdist
 
@@ -106,9 +107,13 @@ class ComposableState:
     def known_models(self, node: Any) -> dict[str, ModelSpec]:
         """:meth:`models`, then the FSDP2/TP models (``mlp``, ``mlp_stack``, ``transformer``)
         a hook did not replace: what a marker's ``models=`` and the model fixtures may name."""
-        from .registry import with_extras
+        path: Path = node.path
+        known = self._known.get(path)
+        if known is None:
+            from .registry import with_extras
 
-        return with_extras(self.models(node))
+            known = self._known[path] = with_extras(self.models(node))
+        return known
 
     def dtype_skip(self, device: torch.device, dtype: str) -> str | None:
         """Why ``device`` cannot run ``dtype`` (a skip reason), ``None`` where it can.
