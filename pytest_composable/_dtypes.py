@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from ._runtime import initialised
 from ._text import quote
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def probe(device: torch.device, names: Iterable[str]) -> dict[str, str | None]:
     wanted = list(names)
     if device.type in _HOST_TYPES:
         return dict.fromkeys(wanted)
-    if _initialised(device.type):
+    if initialised(device.type) is not None:
         # The runtime is up in this process already (a rank, or a test of the user's):
         # asking here costs no subprocess and creates no context that was not there.
         scope: dict[str, object] = {"__name__": "composable_probe"}
@@ -167,13 +168,3 @@ def _checked(found: object, wanted: list[str], failed: str) -> dict[str, str | N
         value = answer.get(name, failed)
         checked[name] = value if isinstance(value, str) else None
     return checked
-
-
-def _initialised(device_type: str) -> bool:
-    import torch
-
-    is_initialized = getattr(getattr(torch, device_type, None), "is_initialized", None)
-    try:
-        return callable(is_initialized) and bool(is_initialized())
-    except Exception:
-        return False

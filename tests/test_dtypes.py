@@ -140,7 +140,7 @@ def test_the_probe_runs_in_process_where_the_runtime_is_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _no_subprocess(monkeypatch)
-    monkeypatch.setattr(dtypes, "_initialised", lambda device_type: True)
+    monkeypatch.setattr(dtypes, "initialised", lambda device_type: torch.cuda)
     found = probe(torch.device("cuda:0"), ["bfloat16"])
     # This torch has no CUDA: the Linear cannot go there, and the error is the reason.
     assert found["bfloat16"] is not None

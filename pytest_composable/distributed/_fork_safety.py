@@ -22,6 +22,8 @@ import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from .._runtime import initialised
+
 __all__ = ["note_threads", "unsafe_reason", "watch_torch_import"]
 
 _tasks_after_torch: int | None = None
@@ -59,10 +61,8 @@ def unsafe_reason() -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None:
         for name in ("cuda", "xpu", "mtia", "mps"):
-            initialized = getattr(getattr(torch, name, None), "is_initialized", None)
-            with contextlib.suppress(Exception):
-                if initialized is not None and initialized():
-                    return f"torch.{name} is already initialised in the main process"
+            if initialised(name) is not None:
+                return f"torch.{name} is already initialised in the main process"
         note_threads()
         started = 0 if _tasks_after_torch is None else _tasks() - _tasks_after_torch
         if started > 0:

@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from .._runtime import initialised
 from ._constants import THREADS_ENV
 from ._protocol import Memory
 
@@ -220,14 +221,7 @@ def reset_compiler() -> bool:
 def _accelerator(device_type: str) -> Any:
     """torch's module for ``device_type`` (``torch.cuda``...) where it is initialised in
     this process, else ``None``: nothing to synchronise, release or measure there."""
-    if device_type in _CPU_TYPES:
-        return None
-    module = getattr(sys.modules.get("torch"), device_type, None)
-    initialized = getattr(module, "is_initialized", None)
-    with contextlib.suppress(Exception):
-        if initialized is not None and initialized():
-            return module
-    return None
+    return None if device_type in _CPU_TYPES else initialised(device_type)
 
 
 def release_accelerator(device_type: str) -> None:
