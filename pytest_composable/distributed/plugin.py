@@ -584,23 +584,18 @@ def composable_shared_tmp_path(request: pytest.FixtureRequest, tmp_path: Path) -
     """One directory every rank of the test's world sees: rank 0's ``tmp_path``, for
     ``torch.distributed.checkpoint`` and other files the ranks share.
 
-    In a ``composable_world`` test rank 0 sends its path to the others (one small
-    broadcast through the world's CPU backend, as the test starts); ranks on other
+    In a ``composable_world`` test rank 0 sends its path to the others (a small
+    exchange through the world's CPU backend, as the test starts); ranks on other
     nodes of a launched world see it only where the directory is on a shared
     filesystem. Elsewhere (a fake world, a test without a world) it is the test's own
     ``tmp_path``. Kept as pytest keeps ``tmp_path`` directories, by rank 0's session.
     """
     if _world_context(request.config) is None or not _uses_world(request.node):
         return tmp_path
-    import torch
     import torch.distributed as dist
 
-    # Bytes in uint8 tensors: broadcast_object_list needs numpy, which users may lack.
+    from ._launched_groups import all_gather_bytes
+
+    # Bytes, not broadcast_object_list: torch's object collectives need numpy.
     path = str(tmp_path).encode() if dist.get_rank() == 0 else b""
-    size = torch.tensor([len(path)], dtype=torch.long)
-    dist.broadcast(size, src=0)
-    data = torch.tensor(list(path), dtype=torch.uint8) if path else None
-    if data is None:
-        data = torch.zeros(int(size.item()), dtype=torch.uint8)
-    dist.broadcast(data, src=0)
-    return Path(bytes(data.tolist()).decode())
+    return Path(all_gather_bytes(path, dist.get_world_size(), None)[0].decode())
