@@ -116,14 +116,22 @@ def shape_ids(node: Any, shapes: list[WorldShape]) -> list[str]:
     return ids
 
 
+_SHAPE = pytest.StashKey[WorldShape]()
+
+
 def _shape(item: Any) -> WorldShape:
+    """The item's own shape: its parameter, else its marker's first (read once per item:
+    the pool's key, the world fixture and the reports each ask on every test)."""
     callspec = getattr(item, "callspec", None)
     for name in (WORLD_FIXTURE, FAKE_FIXTURE):
         if callspec is not None and name in callspec.params:
             param = callspec.params[name]
             if isinstance(param, WorldShape):
                 return param
-    return shapes_of(item, item.config)[0]
+    shape: WorldShape | None = item.stash.get(_SHAPE, None)
+    if shape is None:
+        shape = item.stash[_SHAPE] = shapes_of(item, item.config)[0]
+    return shape
 
 
 def world_size_of(item: pytest.Item) -> int:
