@@ -88,6 +88,15 @@ def describe_exit(code: int | None) -> str:
     return f"exited with status {code}"
 
 
+def unclean(code: int | None, traceback: str, after: str) -> str:
+    """How a rank ended whose putting back of the process state after ``after`` failed
+    (:class:`~._protocol.Crash` ``"clean"``), following ``composable: rank N``."""
+    return (
+        f"crashed putting back the process state after {after} ({describe_exit(code)}):"
+        f"\n{traceback}"
+    )
+
+
 def tail(path: Path, start: int = 0) -> str:
     """The last :data:`_LOG_TAIL` characters of ``path`` from byte ``start`` on."""
     try:
@@ -216,6 +225,8 @@ class Lockstep:
         code = self.pool.wait_exit(rank, 1.0)
         if isinstance(message, Crash) and message.phase == "test":
             how = f"crashed while running the test ({describe_exit(code)}):\n{message.traceback}"
+        elif isinstance(message, Crash) and message.phase == "clean":
+            how = unclean(code, message.traceback, "its previous test")
         elif isinstance(message, Crash):
             how = f"crashed outside the test ({describe_exit(code)}):\n{message.traceback}"
         else:

@@ -67,7 +67,7 @@ from ._constants import (
 )
 from ._fork_safety import unsafe_reason
 from ._hygiene import grown, machine_ranks, rank_threads, threads_note
-from ._lockstep import Lockstep, describe_exit, receive, stack_dumps
+from ._lockstep import Lockstep, describe_exit, receive, stack_dumps, unclean
 from ._lockstep import tail as _tail
 from ._options import settings_of
 from ._outcome import RankResult, compose
@@ -425,22 +425,28 @@ class RankPool:
             "(--composable-rank-memory-limit)"
         )
 
-    def healthy(self, timeout: float) -> bool:
-        """Whether every rank still passes a barrier within ``timeout`` seconds."""
+    def healthy(self, timeout: float) -> tuple[bool, list[str]]:
+        """Whether every rank still passes a barrier within ``timeout`` seconds; and why
+        ranks that failed to put their state back after the test just run ended."""
         if not all(channel.send(Check(timeout)) for channel in self.channels.values()):
-            return False
-        waiting = set(self.channels.values())
+            return False, []
+        waiting = {channel: rank for rank, channel in self.channels.items()}
         deadline = time.monotonic() + timeout + 2
+        healthy, problems = True, list[str]()
         while waiting:
-            left = max(deadline - time.monotonic(), 0)
+            # Once one rank failed the check, only what the others have already said.
+            left = max(deadline - time.monotonic(), 0) if healthy else 0
             readable = select.select(list(waiting), [], [], left)[0]
             if not readable:
-                return False
+                return False, problems
             for channel in readable:
-                waiting.discard(channel)
-                if receive(channel) != Checked(True):
-                    return False
-        return True
+                rank = waiting.pop(channel)
+                message = receive(channel)
+                if isinstance(message, Crash) and message.phase == "clean":
+                    how = unclean(self.wait_exit(rank, 1.0), message.traceback, "this test")
+                    problems.append(f"composable: rank {rank} {how}")
+                healthy = healthy and message == Checked(True)
+        return healthy, problems
 
     def stop(self) -> str | None:
         """Ask every rank to end its session fixtures and exit, then make sure none is left.
@@ -457,7 +463,10 @@ class RankPool:
                 problems.append(f"composable: rank {rank} did not end its session in time")
                 continue
             message = receive(channel)
-            if isinstance(message, Crash):
+            if isinstance(message, Crash) and message.phase == "clean":
+                how = unclean(self.wait_exit(rank, 1.0), message.traceback, "its last test")
+                problems.append(f"composable: rank {rank} {how}")
+            elif isinstance(message, Crash):
                 problems.append(
                     f"composable: rank {rank}: tearing down fixtures failed:\n{message.traceback}"
                 )
@@ -680,7 +689,8 @@ class Launcher:
         if usable and any(r.failed for r in reports):
             # A failed test may have left a collective behind or a timed-out
             # connection: keep the ranks only if they still meet at a barrier.
-            usable = pool.healthy(min(pg_timeout, 5.0))
+            usable, problems = pool.healthy(min(pg_timeout, 5.0))
+            reports += [failure(item, "teardown", problem) for problem in problems]
         if not usable:
             self.discard(key)
         else:

@@ -189,7 +189,9 @@ class Checked:
 @dataclass(frozen=True)
 class Crash:
     """The rank is about to exit: ``traceback`` says why. ``phase`` is where it happened:
-    ``"join"`` (joining the world), ``"test"`` (inside a test's protocol), ``"teardown"``
+    ``"join"`` (joining the world), ``"test"`` (inside a test's protocol), ``"clean"``
+    (putting back the process state after a test whose :class:`Done` was sent; told as
+    the answer to the main process's next message, whichever it is), ``"teardown"``
     (ending the session's fixtures at :class:`Stop`) or ``"serve"``."""
 
     traceback: str

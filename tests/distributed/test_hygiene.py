@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from pytest_composable.distributed import _hygiene
-from tests.helpers import assert_usage_error, launch, launch_output, output_of, verbose_outcomes
+from tests.helpers import (
+    assert_gone,
+    assert_no_pool_directory,
+    assert_usage_error,
+    launch,
+    launch_output,
+    output_of,
+    verbose_outcomes,
+)
 
 # One module per concern; pytest runs them in this order, all on the same pool of ranks.
 # Each item is changed by its own test_change[...] (which checks that the change took),
@@ -488,3 +496,83 @@ def test_restore_puts_back_only_what_changed(
         assert _hygiene.restore(before) == []
     finally:
         os.environ.pop("HYGIENE_B", None)
+
+
+# Rank 1's cleaning after test_breaks_the_cleaning fails (as a restore that raises would):
+# the test's reports are sent by then. FAILS makes the test fail too.
+BROKEN_CLEAN = """
+import os
+
+import pytest
+
+from pytest_composable.distributed import _hygiene
+
+pytestmark = pytest.mark.composable(devices=["cpu"], world_size=2)
+FAILS = {fails}
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("cannot put the state back on this rank")
+
+
+def test_breaks_the_cleaning(composable_world):
+    with open(f"pid-{{composable_world.rank}}-{{os.getpid()}}", "w"):
+        pass
+    if composable_world.rank == 1:
+        _hygiene.restore = _broken
+    assert not FAILS, "the test fails too"
+
+
+def test_next(composable_world):
+    pass
+
+
+def test_on_new_ranks(composable_world):
+    assert _hygiene.restore is not _broken
+"""
+
+
+@pytest.mark.parametrize("then", ["next test", "end of the pool", "failed test"])
+def test_a_rank_that_fails_to_clean_is_reported_and_replaced(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """A rank cleans after it has sent its reports. Where that fails, the rank says so in
+    answer to the main process's next message: the next test fails with it (the ranks are
+    started again), or the test's own teardown does where the test failed (the ranks are
+    checked then), or, after the pool's last test, that test's teardown. No rank is left
+    running."""
+    temp = pytester.path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    pytester.makepyfile(test_clean=BROKEN_CLEAN.format(fails=then == "failed test"))
+    args = ["-p", "no:cacheprovider", "-v"]
+    if then == "end of the pool":
+        args += ["-k", "breaks"]
+    result = pytester.runpytest_subprocess(*args)
+    first = "test_clean.py::test_breaks_the_cleaning[cpu]"
+    after = {
+        "next test": "its previous test",
+        "failed test": "this test",
+        "end of the pool": "its last test",
+    }[then]
+    expected = {
+        "next test": ({first: "PASSED", "test_clean.py::test_next[cpu]": "FAILED"}, 2, 1, 0),
+        # The test passed or failed, then its teardown failed: its last verbose line says ERROR.
+        "failed test": ({first: "ERROR", "test_clean.py::test_next[cpu]": "PASSED"}, 2, 1, 1),
+        "end of the pool": ({first: "ERROR"}, 1, 0, 1),
+    }[then]
+    outcomes, passed, failed, errors = expected
+    if then != "end of the pool":
+        outcomes["test_clean.py::test_on_new_ranks[cpu]"] = "PASSED"
+    assert verbose_outcomes(result) == outcomes, output_of(result)
+    result.assert_outcomes(passed=passed, failed=failed, errors=errors)
+    result.stdout.fnmatch_lines(
+        [
+            f"composable: rank 1 crashed putting back the process state after {after} "
+            "(exited with status 3):",
+            "*RuntimeError: cannot put the state back on this rank",
+        ]
+    )
+    assert "INTERNALERROR" not in output_of(result)
+    assert_gone([int(p.name.split("-")[2]) for p in pytester.path.glob("pid-*")])
+    assert_no_pool_directory(temp)
