@@ -43,14 +43,18 @@ TEST_ARGS := -n 4 --dist worksteal
 test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, four xdist workers
 	$(PY) -m pytest $(TEST_ARGS)
 
-# Warm rank start is the default; the same suite and examples must pass with ranks
-# started as fresh interpreters too (the variable reaches every pytest run the suite starts).
-# But one test: it times how fast each of 18 failures ends its test, which does not
-# depend on how ranks start, and cold it restarts the ranks 18 times (two minutes).
-COLD_ARGS := --deselect tests/distributed/test_fail_fast.py::test_each_failure_ends_its_test_at_once
+# Warm rank start is the default; the tests of the distributed runtime, those of rank
+# devices and reports, and the examples must pass with ranks started as fresh interpreters
+# too (the variable reaches every pytest run the suite starts). Left out: the tests of
+# models, devices and options, which start no ranks or do not depend on how (run by
+# make test), tests that choose the start mode themselves (the same runs again), and one
+# that times how fast each of 18 failures ends its test (its subject does not depend on
+# how ranks start, and cold its 18 pool restarts take two minutes).
+COLD_TESTS := tests/distributed tests/test_gpu_share.py tests/test_simulated_accelerators.py tests/test_world_reports.py
+COLD_ARGS := -m "not start_mode" --deselect tests/distributed/test_fail_fast.py::test_each_failure_ends_its_test_at_once
 
-test-cold: $(STAMP)  ## the test suite (less one timing test) and the examples with --composable-start=cold
-	PYTEST_COMPOSABLE_START=cold $(PY) -m pytest $(TEST_ARGS) $(COLD_ARGS)
+test-cold: $(STAMP)  ## the distributed tests and the examples with --composable-start=cold
+	PYTEST_COMPOSABLE_START=cold $(PY) -m pytest $(TEST_ARGS) $(COLD_ARGS) $(COLD_TESTS)
 	PYTEST_COMPOSABLE_START=cold $(PY) -m pytest -q examples
 
 test-floor: $(FLOOR_STAMP)  ## the test suite on the lowest torch allowed, 2.6.0

@@ -17,8 +17,8 @@ pytest_plugins = ["pytester"]
 # The plugin's settings (a user's PYTEST_COMPOSABLE_WORLD_SIZE would change what every
 # pytest run of the suite asks for), and pytest-xdist's worker variables, which are set
 # in this very process when the suite runs under ``-n``. PYTEST_COMPOSABLE_START is kept
-# on purpose: ``make test-cold`` runs the whole suite, and every pytest run it starts,
-# with cold rank start through it.
+# on purpose: ``make test-cold`` runs the distributed tests, and every pytest run they
+# start, with cold rank start through it.
 ISOLATED_ENV = (
     "PYTEST_COMPOSABLE_DEVICE",
     "PYTEST_COMPOSABLE_DTYPE",

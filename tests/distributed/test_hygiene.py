@@ -220,6 +220,7 @@ def _expect(monkeypatch: pytest.MonkeyPatch, threads: int, omp: int) -> None:
     monkeypatch.setenv("HYGIENE_GONE", "gone")
 
 
+@pytest.mark.start_mode
 @pytest.mark.parametrize("start", ["warm", "cold"])
 def test_the_next_test_on_the_same_ranks_finds_the_state_restored(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, start: str

@@ -106,6 +106,7 @@ def _groups_in_use(pgids: set[int]) -> list[int]:
     return found
 
 
+@pytest.mark.start_mode
 @pytest.mark.parametrize("mode", ["warm", "cold"])
 def test_nothing_a_rank_started_outlives_the_session(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str

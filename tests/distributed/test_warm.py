@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import output_of, verbose_outcomes
 
+pytestmark = pytest.mark.start_mode
+
 # The main process's pid reaches the ranks through the environment they inherit.
 CONFTEST = """
 import os
