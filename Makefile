@@ -19,7 +19,7 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-compile torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 $(FLOOR_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
-	$(FLOOR_PY) -m pip install -q torch==$(FLOOR_TORCH)
+	$(FLOOR_PY) -m pip install -q --no-compile torch==$(FLOOR_TORCH)
 	$(FLOOR_PY) -m pip install -q -e '.[dev]'
 	$(FLOOR_PY) -c "import sys, torch; v = torch.__version__; sys.exit(None if v.split('+')[0] == '$(FLOOR_TORCH)' else f'$(FLOOR_VENV) has torch {v}, not $(FLOOR_TORCH)')"
 	touch $(FLOOR_STAMP)
@@ -43,14 +43,19 @@ TEST_ARGS := -n 4 --dist worksteal
 test: $(STAMP)  ## the test suite: testpaths (tests/), pytester runs, four xdist workers
 	$(PY) -m pytest $(TEST_ARGS)
 
-# Warm rank start is the default; the tests of the distributed runtime, those of rank
-# devices and reports, and the examples must pass with ranks started as fresh interpreters
-# too (the variable reaches every pytest run the suite starts). Left out: the tests of
-# models, devices and options, which start no ranks or do not depend on how (run by
-# make test), tests that choose the start mode themselves (the same runs again), and one
-# that times how fast each of 18 failures ends its test (its subject does not depend on
-# how ranks start, and cold its 18 pool restarts take two minutes).
-COLD_TESTS := tests/distributed tests/test_gpu_share.py tests/test_simulated_accelerators.py tests/test_world_reports.py
+# Warm rank start is the default; the tests of ranks the plugin starts (their runs,
+# faults, leftovers, hygiene, meshes, parity, devices and reports) and the examples must
+# pass with ranks started as fresh interpreters too (the variable reaches every pytest
+# run the suite starts). Left out: tests where no plugin-started rank runs (usage and
+# collection errors, the fake world, torchrun, srun and mpirun sessions, whose ranks are
+# the launcher's, pure logic, models, devices and options: make test runs them), tests
+# that choose the start mode themselves (the same runs again), and one that times how
+# fast each of 18 failures ends its test (its subject does not depend on how ranks
+# start, and cold its 18 pool restarts take two minutes).
+COLD_TESTS := $(addprefix tests/distributed/test_,containment.py fail_fast.py faults.py \
+	hygiene.py leftovers.py mesh.py parity.py pools.py ranks.py seeding.py shared_tmp.py \
+	traps.py) tests/test_gpu_share.py tests/test_simulated_accelerators.py \
+	tests/test_world_reports.py
 COLD_ARGS := -m "not start_mode" --deselect tests/distributed/test_fail_fast.py::test_each_failure_ends_its_test_at_once
 
 test-cold: $(STAMP)  ## the distributed tests and the examples with --composable-start=cold
@@ -79,7 +84,7 @@ RUNTIME := .venv-runtime
 $(RUNTIME)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME)/bin/python -m pip install -q torch==2.13.0
+	$(RUNTIME)/bin/python -m pip install -q --no-compile torch==2.13.0
 	$(RUNTIME)/bin/python -m pip install -q .
 	touch $@
 

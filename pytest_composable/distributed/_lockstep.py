@@ -152,7 +152,8 @@ class Lockstep:
                 return self.results, False
         self.waiting = {channel: rank for rank, channel in pool.channels.items()}
         deadline = time.monotonic() + self.timeout
-        echo = Echo(pool) if _echoes(pool.config) else None
+        # From the sizes taken before the Run went out: a rank may print before this line.
+        echo = Echo(pool, self.logged) if _echoes(pool.config) else None
         try:
             while self.waiting:
                 until = deadline if self.cut_at is None else min(deadline, self.cut_at)
@@ -303,9 +304,9 @@ class Echo:
     each line prefixed with its rank (``[rank1] ...``). The ranks write to their log
     files (read from where this test started), which stay whole for the reports."""
 
-    def __init__(self, pool: PoolView) -> None:
+    def __init__(self, pool: PoolView, offsets: dict[int, int]) -> None:
         self.paths = {rank: pool.log(rank) for rank in range(pool.world_size)}
-        self.offsets = {rank: _size(path) for rank, path in self.paths.items()}
+        self.offsets = dict(offsets)  # each log's size as the test began
         self.partial = {rank: b"" for rank in self.paths}
 
     def flush(self, final: bool = False) -> None:

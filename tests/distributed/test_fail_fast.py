@@ -266,8 +266,30 @@ def test_prints(composable_world):
 """
 
 
-def test_ranks_print_live_under_capture_no(pytester: pytest.Pytester) -> None:
+# The main process starts echoing a second after the ranks got the test: what they
+# printed meanwhile is echoed too (it once started from the logs' sizes at that moment).
+SLOW_ECHO = """
+import time
+
+from pytest_composable.distributed import _lockstep
+
+_init = _lockstep.Echo.__init__
+
+
+def _late(self, *args, **kwargs):
+    time.sleep(1)
+    _init(self, *args, **kwargs)
+
+
+_lockstep.Echo.__init__ = _late
+"""
+
+
+@pytest.mark.parametrize("echo", ["prompt", "late"])
+def test_ranks_print_live_under_capture_no(pytester: pytest.Pytester, echo: str) -> None:
     pytester.makepyfile(test_echo=ECHO)
+    if echo == "late":
+        pytester.makeconftest(SLOW_ECHO)
     result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.OK, output_of(result)
     for rank in (0, 1):
