@@ -1,6 +1,11 @@
 # Set-up is implicit: every target below first builds .venv (torch 2.13.0 CPU wheel
 # first, so pip never resolves torch to a multi-GB CUDA build, then this package
 # editable with its dev extras).
+# pip byte-compiles torch as it installs it, and each venv's rule checks that it did:
+# where PYTHONDONTWRITEBYTECODE=1 is set (as on CI), a torch installed without its .pyc
+# files (pip's --no-compile) is compiled from source by every process that imports it,
+# every rank included, which slowed the suites by a third and timed tests out.
+HAS_BYTECODE = -c "import importlib.util as u, os, sys; o = u.find_spec('torch').origin; sys.exit(None if os.path.exists(u.cache_from_source(o)) else f'torch has no bytecode beside {o}: every import would compile it')"
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,7 +24,8 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==2.13.0
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) $(HAS_BYTECODE)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
@@ -28,7 +34,8 @@ $(STAMP): pyproject.toml
 $(FLOOR_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(FLOOR_VENV)
 	$(FLOOR_PY) -m pip install -q --upgrade pip
-	$(FLOOR_PY) -m pip install -q --no-compile torch==$(FLOOR_TORCH)
+	$(FLOOR_PY) -m pip install -q torch==$(FLOOR_TORCH)
+	$(FLOOR_PY) $(HAS_BYTECODE)
 	$(FLOOR_PY) -m pip install -q -e '.[dev]'
 	$(FLOOR_PY) -c "import sys, torch; v = torch.__version__; sys.exit(None if v.split('+')[0] == '$(FLOOR_TORCH)' else f'$(FLOOR_VENV) has torch {v}, not $(FLOOR_TORCH)')"
 	touch $(FLOOR_STAMP)
@@ -84,7 +91,8 @@ RUNTIME := .venv-runtime
 $(RUNTIME)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME)
 	$(RUNTIME)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME)/bin/python -m pip install -q --no-compile torch==2.13.0
+	$(RUNTIME)/bin/python -m pip install -q torch==2.13.0
+	$(RUNTIME)/bin/python $(HAS_BYTECODE)
 	$(RUNTIME)/bin/python -m pip install -q .
 	touch $@
 

@@ -156,6 +156,15 @@ def name_devices(
     return name_setting(pytester, monkeypatch, source, spec)
 
 
+def interruptible() -> None:
+    """A ``preexec_fn`` for a child that a test interrupts with SIGINT: ctrl-c's default
+    action there, whatever this process inherited. A shell that runs a job in the
+    background without job control (``cmd &`` in a script) starts it with SIGINT
+    ignored, its children inherit that, and a Python started so never raises
+    ``KeyboardInterrupt``."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def launch(path: Path, command: list[str], env: Mapping[str, str] | None = None) -> Popen[str]:
     """Start a launcher (torchrun, a hand-made SLURM or MPI world) in ``path``: one thread
     per rank, as torchrun sets, and a session of its own, so a stuck launch can be

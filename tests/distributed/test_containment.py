@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from pytest_composable.distributed._constants import MIN_START_TIMEOUT, MIN_WARM_START_TIMEOUT
-from tests.helpers import assert_gone, assert_no_pool_directory, output_of, verbose_outcomes
+from tests.helpers import (
+    assert_gone,
+    assert_no_pool_directory,
+    interruptible,
+    output_of,
+    verbose_outcomes,
+)
 
 
 @pytest.fixture
@@ -275,6 +281,7 @@ def test_ctrl_c_while_a_pool_starts_inside_pytest_main(
         env={**os.environ, "PIDS": str(pids), "DONE": str(done)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 60

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_gone, assert_no_pool_directory, verbose_outcomes
+from tests.helpers import (
+    assert_gone,
+    assert_no_pool_directory,
+    interruptible,
+    verbose_outcomes,
+)
 
 FAULTS = """
 import os
@@ -138,6 +143,7 @@ def test_no_rank_survives_the_session(
         env={**os.environ, "PIDS": str(pids), "TMPDIR": str(temp)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 60
