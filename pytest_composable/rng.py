@@ -55,14 +55,16 @@ def preserved_global_state() -> Iterator[torch.device]:
     try:
         yield device
     finally:
-        torch.set_default_dtype(dtype)
+        if torch.get_default_dtype() != dtype:
+            torch.set_default_dtype(dtype)
         if _deterministic() != deterministic:
             torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if default_device() != device:
             # set_default_device(cpu) would push a global DeviceContext mode that
             # slows every later torch call; None is the same cpu default without one.
             torch.set_default_device(None if device.type == "cpu" else device)
-        torch.set_grad_enabled(grad)
+        if torch.is_grad_enabled() != grad:
+            torch.set_grad_enabled(grad)
 
 
 def _deterministic() -> tuple[bool, bool]:

@@ -275,6 +275,41 @@ def test_a_build_that_switches_deterministic_algorithms_does_not_leak(
         torch.use_deterministic_algorithms(outer[0], warn_only=outer[1])
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_a_build_that_switches_dtype_or_grad_mode_does_not_leak(
+    dtype: torch.dtype, grad: bool
+) -> None:
+    """The build puts back what it found, whether its ``build`` changed the default
+    dtype and grad mode (each is set back only where it changed) or left them."""
+
+    other = torch.float64 if dtype == torch.float32 else torch.float32
+
+    def build(device: torch.device) -> nn.Module:
+        torch.set_default_dtype(other)
+        torch.set_grad_enabled(not grad)
+        return nn.Linear(2, 2, device=device)
+
+    def untouched(device: torch.device) -> nn.Module:
+        return nn.Linear(2, 2, device=device)
+
+    outer = torch.get_default_dtype(), torch.is_grad_enabled()
+    torch.set_default_dtype(dtype)
+    torch.set_grad_enabled(grad)
+    try:
+        for make, built_in in ((build, other), (untouched, dtype)):
+            model = build_model(ModelSpec("m", make, _no_input), torch.device("cpu"), 0)
+            assert (torch.get_default_dtype(), torch.is_grad_enabled()) == (dtype, grad)
+            assert model.weight.dtype == built_in
+    finally:
+        torch.set_default_dtype(outer[0])
+        torch.set_grad_enabled(outer[1])
+
+
+def _no_input(device: torch.device, batch: int) -> torch.Tensor:
+    return torch.zeros(batch, 2, device=device)
+
+
 def test_the_test_chooses_the_input_size(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_sizes="""
