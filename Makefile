@@ -1,11 +1,20 @@
 # Set-up is implicit: every target below first builds .venv (torch 2.13.0 CPU wheel
 # first, so pip never resolves torch to a multi-GB CUDA build, then this package
 # editable with its dev extras).
-# pip byte-compiles torch as it installs it, and each venv's rule checks that it did:
-# where PYTHONDONTWRITEBYTECODE=1 is set (as on CI), a torch installed without its .pyc
-# files (pip's --no-compile) is compiled from source by every process that imports it,
-# every rank included, which slowed the suites by a third and timed tests out.
-HAS_BYTECODE = -c "import importlib.util as u, os, sys; o = u.find_spec('torch').origin; sys.exit(None if os.path.exists(u.cache_from_source(o)) else f'torch has no bytecode beside {o}: every import would compile it')"
+TORCH := 2.13.0
+
+# $(call torch_venv,DIR,VERSION): a fresh venv in DIR holding torch VERSION, installed
+# before anything else. pip byte-compiles torch as it installs it, and the last line
+# checks that it did: where PYTHONDONTWRITEBYTECODE=1 is set (as on CI), a torch
+# installed without its .pyc files (pip's --no-compile) is compiled from source by
+# every process that imports it, every rank included, which slowed the suites by a
+# third and timed tests out.
+define torch_venv
+$(PYTHON) -m venv $(1)
+$(1)/bin/python -m pip install -q --upgrade pip
+$(1)/bin/python -m pip install -q torch==$(2)
+$(1)/bin/python -c "import importlib.util as u, os, sys; o = u.find_spec('torch').origin; sys.exit(None if os.path.exists(u.cache_from_source(o)) else f'torch has no bytecode beside {o}: every import would compile it')"
+endef
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,20 +31,14 @@ FLOOR_STAMP := $(FLOOR_VENV)/.installed
 .PHONY: examples test test-cold test-floor lint wheel-check runtime-check gpu-check benchmarks benchmarks-warm docs docs-examples clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) $(HAS_BYTECODE)
+	$(call torch_venv,$(VENV),$(TORCH))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 # torch first, as above; the package's own torch>=2.6 is then already met, and the
 # check stops a pip that replaced it anyway from testing some other torch.
 $(FLOOR_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(FLOOR_VENV)
-	$(FLOOR_PY) -m pip install -q --upgrade pip
-	$(FLOOR_PY) -m pip install -q torch==$(FLOOR_TORCH)
-	$(FLOOR_PY) $(HAS_BYTECODE)
+	$(call torch_venv,$(FLOOR_VENV),$(FLOOR_TORCH))
 	$(FLOOR_PY) -m pip install -q -e '.[dev]'
 	$(FLOOR_PY) -c "import sys, torch; v = torch.__version__; sys.exit(None if v.split('+')[0] == '$(FLOOR_TORCH)' else f'$(FLOOR_VENV) has torch {v}, not $(FLOOR_TORCH)')"
 	touch $(FLOOR_STAMP)
@@ -88,10 +91,7 @@ wheel-check: $(STAMP)  ## build the wheel, install it instead of the editable co
 # package installed as a wheel would be; the launched (torchrun, srun, mpirun) paths run there.
 RUNTIME := .venv-runtime
 $(RUNTIME)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(RUNTIME)
-	$(RUNTIME)/bin/python -m pip install -q --upgrade pip
-	$(RUNTIME)/bin/python -m pip install -q torch==2.13.0
-	$(RUNTIME)/bin/python $(HAS_BYTECODE)
+	$(call torch_venv,$(RUNTIME),$(TORCH))
 	$(RUNTIME)/bin/python -m pip install -q .
 	touch $@
 
